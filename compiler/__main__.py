@@ -1,0 +1,5 @@
+"""`python -m tunegen.compiler` is the `tunegen` command."""
+
+from tunegen.compiler.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""The `tunegen` command line.
+
+    tunegen new --spec lora.yaml        compile a spec into generated/<name>.py and .yaml
+    tunegen validate FILE [key=value]   check a spec or a generated config without loading weights
+    tunegen run RECIPE [--config F] [key=value ...]
+    tunegen ls                          built-in specs, methods and models
+    tunegen cp NAME DEST                copy a built-in spec to edit
+
+Every user error is one line on stderr and exit status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from tunegen.compiler.plan import tunegen_version
+from tunegen.runtime.errors import TunegenError
+
+__all__ = ["app", "builtin_specs", "main"]
+
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    help="Compile a short fine-tuning spec into a readable PyTorch recipe and config you own.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tunegen {tunegen_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+def builtin_specs() -> dict[str, Path]:
+    """The specs shipped with tunegen, by name (the file stem)."""
+    folder = files("tunegen.specs")
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def _spec_path(spec: str) -> Path:
+    """A spec file, or the name of a built-in spec."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in spec:
+        return path
+    builtin = builtin_specs()
+    if spec in builtin:
+        return builtin[spec]
+    raise TunegenError(
+        f"{spec}: no such spec file or built-in spec (built-in: {', '.join(sorted(builtin))})"
+    )
+
+
+@app.command()
+def new(
+    spec: Annotated[str, typer.Option("--spec", "-s", help="Spec file, or a built-in spec name.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write.")] = Path(
+        "generated"
+    ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing generated files.")
+    ] = False,
+) -> None:
+    """Validate a spec and write generated/<name>.py and generated/<name>.yaml."""
+    from tunegen.compiler.pipeline import compile_spec, write_compiled
+
+    compiled = compile_spec(_spec_path(spec), output_dir)
+    for path in write_compiled(compiled, force=force):
+        typer.echo(f"wrote {path}")
+    typer.echo(f"next: tunegen run {compiled.recipe_path}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def validate(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A spec, or a generated config.")],
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="Recipe that reads the config (default: same name .py)."),
+    ] = None,
+) -> None:
+    """Check a spec or a config without loading weights; list every problem, one per line.
+
+    Extra `key=value` / `~key` arguments are applied to a config first, as `tunegen run` would.
+    """
+    from tunegen.compiler.preflight import check_config_file, check_spec_file
+
+    if _is_spec(path):
+        if ctx.args:
+            raise TunegenError("overrides apply to generated configs, not to specs")
+        summary = check_spec_file(path)
+    else:
+        summary = check_config_file(path, ctx.args, recipe=recipe)
+    typer.echo(summary)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="A generated (or hand-written) recipe .py file.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file (default: the recipe's .yaml)."),
+    ] = None,
+) -> None:
+    """Run a recipe with its config and `key=value` / `~key` overrides."""
+    if not recipe.is_file():
+        raise TunegenError(f"{recipe}: recipe file not found")
+    config = config or recipe.with_suffix(".yaml")
+    if not config.is_file():
+        raise TunegenError(f"{config}: config file not found (pass --config)")
+    argv = ["--config", str(config), *ctx.args]
+    if _state["debug"]:
+        argv.append("--debug")
+    sys.argv = [str(recipe), *argv]
+    sys.path.insert(0, str(recipe.resolve().parent))
+    runpy.run_path(str(recipe), run_name="__main__")
+
+
+@app.command("ls")
+def list_builtins() -> None:
+    """List the built-in specs, methods and models."""
+    from tunegen.compiler.schema import METHODS
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    typer.echo("specs (tunegen cp NAME my_spec.yaml, or tunegen new --spec NAME):")
+    for name, path in sorted(builtin_specs().items()):
+        typer.echo(f"  {name:<12} {_spec_summary(path)}")
+    typer.echo(f"methods: {', '.join(METHODS)}")
+    typer.echo(f"models:  {', '.join(sorted(BUILTIN_MODELS))}")
+
+
+@app.command("cp")
+def copy_builtin(
+    name: Annotated[str, typer.Argument(help="Built-in spec name (see tunegen ls).")],
+    dest: Annotated[Path, typer.Argument(help="File to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite DEST if it exists.")] = False,
+) -> None:
+    """Copy a built-in spec to DEST to edit; its data paths are made absolute so they still resolve."""
+    from tunegen.compiler.copy import copy_spec
+
+    builtin = builtin_specs()
+    if name not in builtin:
+        raise TunegenError(
+            f"{name}: no built-in spec of that name (built-in: {', '.join(sorted(builtin))})"
+        )
+    copy_spec(builtin[name], dest, force=force)
+    typer.echo(f"wrote {dest}")
+
+
+def _is_spec(path: Path) -> bool:
+    """A spec has top-level `method`; a generated config has component sections instead."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunegenError(f"{path}: file not found") from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return path.suffix in (".yaml", ".yml") and "method:" in path.read_text(errors="replace")
+    return isinstance(data, dict) and "method" in data
+
+
+def _spec_summary(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one line and exit status 2."""
+    debug = "--debug" in sys.argv[1:2] or "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except TunegenError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(EXIT_USER_ERROR if isinstance(exc, click.UsageError) else exc.exit_code)
+        raise

@@ -1,0 +1,84 @@
+"""Generate `docs/spec.md` from the schema, so the reference can never drift from the code.
+
+python -m tunegen.compiler.docs > docs/spec.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from tunegen.compiler.render import yaml_value
+from tunegen.compiler.schema import Spec
+from tunegen.compiler.validate import strip_optional, type_name
+
+__all__ = ["spec_reference"]
+
+INTRO = """\
+# Spec reference (v1)
+
+A spec is a short YAML file that `tunegen new --spec FILE` compiles into a recipe
+(`generated/<name>.py`) and its config (`generated/<name>.yaml`). These keys are a public contract:
+they are only ever extended, never renamed. Unknown keys, wrong types and out-of-range values are
+errors that name the file, line and key path. Paths are relative to the spec file's folder.
+
+This page is generated from `compiler/schema.py` (`python -m tunegen.compiler.docs > docs/spec.md`).
+
+```yaml
+name: my_recipe
+method: lora
+model: tiny
+data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 256}
+lora: {rank: 8, alpha: 16, dropout: 0.0, targets: [q_proj, v_proj]}
+training: {epochs: 1, batch_size: 4, lr: 3.0e-4, scheduler: cosine, warmup_steps: 0}
+checkpoint: {output_dir: runs/my_recipe, save_every_n_steps: null}
+logging: {every_n_steps: 1}
+```
+"""
+
+
+def spec_reference() -> str:
+    """The Markdown reference of every spec key."""
+    parts = [INTRO, _table(Spec, "")]
+    hints = typing.get_type_hints(Spec)
+    for f in dataclasses.fields(Spec):
+        section = strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(section):
+            parts.append(
+                f"## `{f.name}`\n\n{section.__doc__.strip()}\n\n{_table(section, f.name + '.')}"
+            )
+    return "\n".join(parts)
+
+
+def _table(cls: type, prefix: str) -> str:
+    hints = typing.get_type_hints(cls)
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        rows.append(
+            f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | {_default(f)} | {_doc(f)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        return "required"
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if dataclasses.is_dataclass(value):
+        return "see below"
+    return f"`{yaml_value(value)}`"
+
+
+def _doc(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    bounds = [
+        f"{word} {meta[key]:g}"
+        for key, word in (("ge", "≥"), ("gt", ">"), ("le", "≤"))
+        if meta.get(key) is not None
+    ]
+    doc = meta["doc"]
+    return f"{doc} ({', '.join(bounds)})" if bounds else doc
+
+
+if __name__ == "__main__":
+    print(spec_reference(), end="")

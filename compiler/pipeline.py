@@ -1,0 +1,53 @@
+"""The compiler, top to bottom: parse -> validate -> plan -> render -> check -> write.
+
+Every stage but the last is a pure function of its inputs, so `compile_spec` can be called to
+inspect what would be generated (tests, `tunegen validate`) without writing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunegen.compiler.check import check
+from tunegen.compiler.parse import parse_spec
+from tunegen.compiler.plan import Plan, make_plan
+from tunegen.compiler.render import Rendered, render
+from tunegen.compiler.schema import Spec
+from tunegen.compiler.validate import validate_spec
+from tunegen.compiler.write import write_outputs
+
+__all__ = ["Compiled", "compile_spec", "write_compiled"]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled spec: the typed spec, the plan, and the checked output with its target paths."""
+
+    spec: Spec
+    plan: Plan
+    rendered: Rendered
+    recipe_path: Path
+    config_path: Path
+
+
+def compile_spec(spec_path: str | Path, output_dir: str | Path = "generated") -> Compiled:
+    """Compile the spec at `spec_path` for writing into `output_dir`; raises SpecError if invalid."""
+    parsed = parse_spec(spec_path)
+    spec = validate_spec(parsed)
+    output_dir = Path(output_dir)
+    recipe_path = output_dir / f"{spec.name}.py"
+    config_path = output_dir / f"{spec.name}.yaml"
+    plan = make_plan(spec, parsed, recipe_path=recipe_path, config_path=config_path)
+    rendered = render(plan)
+    check(rendered)
+    return Compiled(spec, plan, rendered, recipe_path, config_path)
+
+
+def write_compiled(compiled: Compiled, *, force: bool = False) -> list[Path]:
+    """Write the recipe and config; existing files are replaced only with `force`."""
+    outputs = {
+        compiled.recipe_path: compiled.rendered.recipe,
+        compiled.config_path: compiled.rendered.config,
+    }
+    return write_outputs(outputs, force=force)

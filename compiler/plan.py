@@ -1,0 +1,307 @@
+"""Stage 3: decide what the generated recipe and config contain.
+
+The plan is the only place where spec values turn into decisions: which features the recipe carries
+(a full fine-tune gets no LoRA code, a spec without `eval` gets no evaluation code), which runtime
+components the config names, and every config value with its comment. Templates only loop over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from tunegen.compiler.parse import ParsedSpec
+from tunegen.compiler.schema import (
+    CheckpointSpec,
+    DataSpec,
+    EvalSpec,
+    LoggingSpec,
+    LoraSpec,
+    Spec,
+    TrainingSpec,
+    doc_of,
+)
+from tunegen.compiler.validate import resolve_spec_path
+
+__all__ = ["Entry", "Plan", "Section", "make_plan", "tunegen_version"]
+
+RECIPE_CLASSES = {"full": "FullFinetuneRecipe", "lora": "LoRAFinetuneRecipe"}
+RECIPE_SUMMARIES = {
+    "full": "Full fine-tuning: every weight of the model is trained.",
+    "lora": "LoRA fine-tuning: low-rank adapters train while the base weights stay frozen.",
+}
+SCHEDULERS = {
+    "cosine": "tunegen.runtime.schedulers.cosine_with_warmup",
+    "linear": "tunegen.runtime.schedulers.linear_with_warmup",
+    "constant": "tunegen.runtime.schedulers.constant_with_warmup",
+}
+DATASETS = {
+    "instruct": "tunegen.runtime.data.InstructDataset",
+    "text": "tunegen.runtime.data.TextDataset",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One config key: its value (a YAML scalar or list) and a one-line comment."""
+
+    key: str
+    value: Any
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config mapping: a comment line, then its entries and sub-sections in order."""
+
+    key: str
+    comment: str
+    items: tuple[Entry | Section, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the templates need, decided from a validated spec."""
+
+    name: str
+    method: str
+    recipe_class: str
+    summary: str
+    lora: bool
+    clip_grad_norm: bool
+    eval: bool
+    spec_source: str
+    spec_hash: str
+    version: str
+    recipe_path: str
+    config_path: str
+    config_sections: tuple[Section, ...]
+
+
+def tunegen_version() -> str:
+    """The installed tunegen version, written into every generated file's header."""
+    try:
+        return version("tunegen")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path: Path) -> Plan:
+    """Decide the recipe's features and the config's contents for `spec`.
+
+    `recipe_path` and `config_path` are where the files will be written; the headers show them in
+    the run command.
+    """
+    return Plan(
+        name=spec.name,
+        method=spec.method,
+        recipe_class=RECIPE_CLASSES[spec.method],
+        summary=RECIPE_SUMMARIES[spec.method],
+        lora=spec.method == "lora",
+        clip_grad_norm=spec.training.clip_grad_norm is not None,
+        eval=spec.eval is not None,
+        spec_source=_config_path(parsed.path),
+        spec_hash=hashlib.sha256(parsed.text.encode("utf-8")).hexdigest()[:12],
+        version=tunegen_version(),
+        recipe_path=_config_path(recipe_path),
+        config_path=_config_path(config_path),
+        config_sections=_config_sections(spec, parsed),
+    )
+
+
+def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
+    """The generated config, section by section in the order the recipe uses them."""
+    training, data = spec.training, spec.data
+    output_dir = spec.checkpoint.output_dir or f"runs/{spec.name}"
+    sections = [
+        Section(
+            "model",
+            f"the model: built-in {spec.model!r}",
+            (_component(f"tunegen.runtime.models.{spec.model}"),),
+        ),
+        Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed)),
+    ]
+    if spec.lora is not None or spec.method == "lora":
+        lora = spec.lora or LoraSpec()
+        sections.append(
+            Section(
+                "lora",
+                "low-rank adapters added to the model's linear layers",
+                tuple(
+                    Entry(k, getattr(lora, k), doc_of(LoraSpec, k))
+                    for k in ("rank", "alpha", "dropout", "targets")
+                ),
+            )
+        )
+    sections += [
+        Section(
+            "checkpointer",
+            "writes checkpoints atomically under output_dir/step_NNNNNN",
+            (
+                _component("tunegen.runtime.checkpointing.Checkpointer"),
+                Entry(
+                    "output_dir", output_dir, doc_of(CheckpointSpec, "output_dir").split(" (")[0]
+                ),
+                Entry("keep_last", spec.checkpoint.keep_last, doc_of(CheckpointSpec, "keep_last")),
+            ),
+        ),
+        Section(
+            "dataset",
+            "training samples, tokenized with prompt tokens masked out of the loss",
+            _dataset_items(data, parsed),
+        ),
+        Section(
+            "dataloader",
+            "how samples are batched",
+            (
+                Entry("batch_size", training.batch_size, doc_of(TrainingSpec, "batch_size")),
+                Entry("shuffle", data.shuffle, doc_of(DataSpec, "shuffle")),
+            ),
+        ),
+        Section(
+            "optimizer",
+            "updates the trainable parameters",
+            (
+                _component("torch.optim.AdamW"),
+                Entry("lr", training.lr, doc_of(TrainingSpec, "lr")),
+                Entry("weight_decay", training.weight_decay, doc_of(TrainingSpec, "weight_decay")),
+            ),
+        ),
+        Section(
+            "lr_scheduler",
+            f"{training.scheduler} learning-rate schedule with linear warmup",
+            (
+                _component(SCHEDULERS[training.scheduler]),
+                Entry("warmup_steps", training.warmup_steps, doc_of(TrainingSpec, "warmup_steps")),
+            ),
+        ),
+        Section(
+            "loss",
+            "next-token cross-entropy, summed over the tokens that carry loss",
+            (_component("tunegen.runtime.losses.CrossEntropyLoss"),),
+        ),
+        Section("training", "the optimisation loop", _training_items(spec)),
+    ]
+    if spec.eval is not None:
+        sections.append(
+            Section(
+                "eval", EvalSpec.__doc__.strip().rstrip("."), _eval_items(spec.eval, data, parsed)
+            )
+        )
+    sections += [
+        Section(
+            "logging",
+            "metrics go to stdout and to a JSONL file in the run dir",
+            (
+                Section(
+                    "metric_logger",
+                    "",
+                    (
+                        _component("tunegen.runtime.metric_logging.MetricLogger"),
+                        Entry("log_dir", output_dir, "metrics.jsonl is appended here"),
+                    ),
+                ),
+                Entry(
+                    "every_n_steps",
+                    spec.logging.every_n_steps,
+                    doc_of(LoggingSpec, "every_n_steps"),
+                ),
+            ),
+        ),
+        Section(
+            "environment",
+            "where and how the run computes",
+            (
+                Entry("device", training.device, doc_of(TrainingSpec, "device")),
+                Entry("dtype", training.dtype, doc_of(TrainingSpec, "dtype")),
+                Entry("seed", training.seed, doc_of(TrainingSpec, "seed")),
+            ),
+        ),
+    ]
+    return tuple(sections)
+
+
+def _component(dotted: str) -> Entry:
+    return Entry("_component_", dotted)
+
+
+def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+    if spec.tokenizer is None:
+        return (
+            _component("tunegen.runtime.tokenizers.builtin_tokenizer"),
+            Entry("name", spec.model, "the tokenizer bundled with the built-in model"),
+        )
+    return (
+        _component("tunegen.runtime.tokenizers.SentencePieceTokenizer"),
+        Entry(
+            "path",
+            _config_path(resolve_spec_path(parsed, spec.tokenizer)),
+            "sentencepiece model file",
+        ),
+    )
+
+
+def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+    items = [
+        _component(DATASETS[data.format]),
+        Entry(
+            "source", _config_path(resolve_spec_path(parsed, data.path)), "a .jsonl or .json file"
+        ),
+    ]
+    if data.format == "instruct":
+        items += [
+            Entry("template", data.template, doc_of(DataSpec, "template")),
+            Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input")),
+        ]
+    else:
+        items.append(Entry("column", data.column, doc_of(DataSpec, "column")))
+    items.append(Entry("max_seq_len", data.max_seq_len, doc_of(DataSpec, "max_seq_len")))
+    return tuple(items)
+
+
+def _training_items(spec: Spec) -> tuple[Entry, ...]:
+    training, checkpoint = spec.training, spec.checkpoint
+    items = [
+        Entry("epochs", training.epochs, doc_of(TrainingSpec, "epochs")),
+        Entry("max_steps", training.max_steps, doc_of(TrainingSpec, "max_steps")),
+        Entry("grad_accum", training.grad_accum, doc_of(TrainingSpec, "grad_accum")),
+    ]
+    if training.clip_grad_norm is not None:
+        items.append(
+            Entry("clip_grad_norm", training.clip_grad_norm, "clip the gradient norm to this")
+        )
+    items += [
+        Entry(
+            "save_every_n_steps",
+            checkpoint.save_every_n_steps,
+            doc_of(CheckpointSpec, "save_every_n_steps"),
+        ),
+        Entry("resume", checkpoint.resume, doc_of(CheckpointSpec, "resume")),
+    ]
+    return tuple(items)
+
+
+def _eval_items(eval_spec: EvalSpec, data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+    return (
+        Entry(
+            "source",
+            _config_path(resolve_spec_path(parsed, eval_spec.path)),
+            "held-out instruct data",
+        ),
+        Entry("template", data.template, "the training data's prompt template"),
+        Entry("max_samples", eval_spec.max_samples, doc_of(EvalSpec, "max_samples")),
+        Entry("max_new_tokens", eval_spec.max_new_tokens, doc_of(EvalSpec, "max_new_tokens")),
+    )
+
+
+def _config_path(path: Path) -> str:
+    """A path as the config should hold it: relative to the working directory when inside it."""
+    path = Path(os.path.abspath(path))
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.as_posix()

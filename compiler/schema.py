@@ -1,0 +1,168 @@
+"""The spec schema: every key a spec may hold, its type, default, range and one-line doc.
+
+This module is the single source of truth for the spec. The validator (`compiler.validate`), the
+generated config's comments and `docs/spec.md` are all derived from these dataclasses, so a key is
+added here once and shows up everywhere. Keys are a public contract: extend, never rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "METHODS",
+    "CheckpointSpec",
+    "DataSpec",
+    "EvalSpec",
+    "LoggingSpec",
+    "LoraSpec",
+    "Spec",
+    "TrainingSpec",
+    "doc_of",
+    "option",
+]
+
+METHODS = ("full", "lora")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    choices: tuple[Any, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    kind: str | None = None,
+) -> Any:
+    """A spec field with its one-line doc and constraints.
+
+    `kind` names a special check: "identifier" (a plain Python identifier) or "path" (a file that must
+    exist, relative to the spec's folder).
+    """
+    metadata = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "kind": kind}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def doc_of(cls: type, name: str) -> str:
+    """The one-line doc of field `name` of spec section `cls`."""
+    return next(f.metadata["doc"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to train on."""
+
+    path: str = option(
+        doc="training data: a .jsonl or .json file, relative to the spec", kind="path"
+    )
+    format: Literal["instruct", "text"] = option(
+        "instruct", "instruct: instruction/input/output records; text: plain text records"
+    )
+    template: Literal["alpaca", "plain"] = option(
+        "alpaca", "prompt template for instruct data (alpaca or plain)"
+    )
+    max_seq_len: int = option(256, "samples are truncated to this many tokens", ge=8, le=1_048_576)
+    column: str = option("text", "record field holding the text, for format: text")
+    train_on_input: bool = option(False, "also compute the loss on prompt tokens (instruct data)")
+    shuffle: bool = option(True, "shuffle the samples every epoch (the order depends only on seed)")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Low-rank adapters (method: lora)."""
+
+    rank: int = option(8, "rank r of the low-rank update B @ A", ge=1, le=4096)
+    alpha: float = option(16.0, "the update is scaled by alpha / rank", gt=0)
+    dropout: float = option(0.0, "dropout on the adapter input", ge=0, le=0.9)
+    targets: list[str] = option(
+        ["q_proj", "v_proj"],
+        "linear layers that get adapters (q_proj, k_proj, v_proj, o_proj, ...)",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The optimisation loop."""
+
+    epochs: int = option(1, "passes over the training data", ge=1)
+    max_steps: int | None = option(
+        None, "stop after this many optimizer steps (null: no limit)", ge=1
+    )
+    batch_size: int = option(4, "samples per micro-batch", ge=1)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", ge=1)
+    lr: float = option(3.0e-4, "peak learning rate (AdamW)", gt=0, le=10)
+    weight_decay: float = option(0.0, "AdamW weight decay", ge=0)
+    scheduler: Literal["cosine", "linear", "constant"] = option(
+        "cosine", "learning-rate schedule after warmup"
+    )
+    warmup_steps: int = option(0, "steps of linear warmup from 0 to lr", ge=0)
+    clip_grad_norm: float | None = option(
+        1.0, "clip the gradient norm to this (null: no clipping)", gt=0
+    )
+    dtype: Literal["fp32", "bf16"] = option("fp32", "parameter and compute dtype")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "seed for initialisation, data order and dropout", ge=0)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where and when checkpoints are written."""
+
+    output_dir: str | None = option(None, "run directory (null: runs/<name>)")
+    save_every_n_steps: int | None = option(
+        None, "also save every N optimizer steps (null: only at the end)", ge=1
+    )
+    keep_last: int | None = option(
+        None, "keep only the newest K checkpoints (null: keep all)", ge=1
+    )
+    resume: bool | str = option(
+        False, "false, auto (latest checkpoint if any), true (latest, required) or a checkpoint dir"
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    """Metrics."""
+
+    every_n_steps: int = option(1, "log loss, lr and tokens/s every N optimizer steps", ge=1)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Exact-match evaluation by greedy generation on held-out instruct data, before and after training."""
+
+    path: str = option(
+        doc="held-out instruct data (.jsonl or .json), relative to the spec", kind="path"
+    )
+    max_samples: int | None = option(100, "evaluate at most this many samples (null: all)", ge=1)
+    max_new_tokens: int = option(32, "generation budget per answer", ge=1, le=4096)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A tunegen spec: what to fine-tune, on what, and how."""
+
+    name: str = option(
+        doc="recipe name: generated/<name>.py and generated/<name>.yaml", kind="identifier"
+    )
+    method: Literal["full", "lora"] = option(
+        doc="full: update every weight; lora: train low-rank adapters"
+    )
+    model: str = option(doc="a built-in model name (tunegen ls lists them)")
+    data: DataSpec = option(doc="training data")
+    tokenizer: str | None = option(
+        None, "tokenizer file, relative to the spec (null: the model's own)", kind="path"
+    )
+    lora: LoraSpec | None = option(
+        None, "adapter settings (method: lora; defaults apply if omitted)"
+    )
+    training: TrainingSpec = option(TrainingSpec(), "optimisation loop")
+    checkpoint: CheckpointSpec = option(CheckpointSpec(), "checkpoints and resuming")
+    logging: LoggingSpec = option(LoggingSpec(), "metrics")
+    eval: EvalSpec | None = option(None, "held-out exact-match evaluation (null: none)")

@@ -1,0 +1,41 @@
+"""Stage 6: write the generated files; the only stage that touches the disk.
+
+A generated recipe becomes the user's code the moment it is written, so an existing file is never
+replaced unless the user asks with `force`. Both files are checked before either is written, and
+each is written to a temporary file first and renamed, so an interrupted write leaves no half file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from tunegen.runtime.errors import TunegenError
+
+__all__ = ["write_outputs"]
+
+
+def write_outputs(outputs: dict[Path, str], *, force: bool = False) -> list[Path]:
+    """Write each path's text; refuse (before writing anything) to replace files unless `force`."""
+    existing = [path for path in outputs if path.exists()]
+    if existing and not force:
+        names = ", ".join(str(p) for p in existing)
+        raise TunegenError(
+            f"{names} already exists; pass --force to overwrite (edits in it would be lost)"
+        )
+    for path, text in outputs.items():
+        _atomic_write(path, text)
+    return list(outputs)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

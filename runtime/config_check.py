@@ -1,0 +1,630 @@
+"""Check a recipe config for every problem that can be found without building anything.
+
+`tunegen validate` and the first lines of every generated recipe call `check_config`, so a typo, a
+wrong argument or a missing data file is reported before any model weights are loaded, and all of
+them at once. torchtune's ``tune validate`` binds only top-level components and skips missing
+arguments; this check goes through the whole tree:
+
+1. every ``_component_`` (at any depth, also inside lists) imports;
+2. its arguments bind to the callable's signature: unknown keywords (with a did-you-mean) and missing
+   required arguments, except those the recipe passes at run time (`RECIPE_SUPPLIED_ARGS`);
+3. values match simple type annotations (int, float, str, bool, None, Literal, list/tuple, Path,
+   unions);
+4. given the recipe's source, keys that no code reads (directly or through an interpolation), and
+   keys the recipe reads but the config lacks;
+5. files named under ``path``/``source``/``*_path``/``*_file``/``*_dir`` keys exist;
+6. ``???`` values are set and interpolations resolve.
+
+Nothing is instantiated; the only imports are the modules that ``_component_`` values name.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import inspect
+import os
+import re
+import types
+import typing
+from collections import abc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import (
+    COMPONENT_KEY,
+    _child_path,
+    _first_line,
+    _locate,
+    _LocateError,
+    did_you_mean,
+    has_key,
+)
+
+__all__ = [
+    "RECIPE_SUPPLIED_ARGS",
+    "Problem",
+    "check_config",
+    "format_problems",
+    "recipe_reads",
+]
+
+RECIPE_SUPPLIED_ARGS: dict[str, tuple[str, ...]] = {
+    "optimizer": ("params",),
+    "lr_scheduler": ("optimizer", "total_steps"),
+    "dataset": ("tokenizer",),
+    "eval_dataset": ("tokenizer",),
+}
+"""Arguments generated recipes pass to ``instantiate`` at run time, by top-level config section.
+
+The config must not set them (the recipe's value would silently win), and their absence is fine.
+"""
+
+_CREATED_DIR_KEYS = ("output_dir", "log_dir")
+"""Directory keys the recipe creates, so they need not exist beforehand."""
+
+_DICTCONFIG_ATTRS = frozenset(name for name in dir(DictConfig) if not name.startswith("__"))
+"""Attribute names that reach a DictConfig method (``cfg.x.items()``), not a config key."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a config, located by its dotted key path (``model.layers[0].dim``)."""
+
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key_path}: {self.message}" if self.key_path else self.message
+
+
+def check_config(
+    cfg: DictConfig,
+    *,
+    recipe_source: str | None = None,
+    supplied_args: Mapping[str, Sequence[str]] = RECIPE_SUPPLIED_ARGS,
+) -> list[Problem]:
+    """Return every problem found in `cfg`, in config order; an empty list means it looks runnable.
+
+    `recipe_source` is the text of the recipe ``.py``: when given, keys no ``cfg.…``/``self.cfg.…``
+    chain reads are reported, and so are keys the recipe reads that the config lacks. `supplied_args`
+    names the arguments the recipe passes itself, by top-level section. Problems in the config never
+    raise; they are all collected.
+    """
+    checker = _Checker(supplied_args)
+    reads: _Reads | None = None
+    if recipe_source is not None:
+        try:
+            chains = recipe_reads(recipe_source)
+        except SyntaxError as e:
+            checker.report("", f"cannot parse the recipe source (line {e.lineno}: {e.msg})")
+        else:
+            reads = _Reads()
+            for chain, whole in chains.items():
+                reads.add(chain, in_recipe=True, whole=whole)
+            for chain in _interpolation_reads(cfg):
+                reads.add(chain, in_recipe=False)
+    checker.container(cfg, "", reads, covered=reads is None)
+    return checker.problems
+
+
+def format_problems(problems: Iterable[Problem], *, source: str | os.PathLike[str]) -> str:
+    """One line per problem, prefixed by the config file name (``lora.yaml: optimizer.lrr: …``)."""
+    return "\n".join(f"{os.fspath(source)}: {problem}" for problem in problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Walking the config
+
+
+class _Checker:
+    """Walks the config tree once, collecting problems in document order."""
+
+    def __init__(self, supplied_args: Mapping[str, Sequence[str]]) -> None:
+        self.supplied_args = supplied_args
+        self.problems: list[Problem] = []
+
+    def report(self, key_path: str, message: str) -> None:
+        self.problems.append(Problem(key_path, message))
+
+    def container(
+        self, node: DictConfig | ListConfig, path: str, reads: _Reads | None, covered: bool
+    ) -> None:
+        """Check a mapping or list and everything below it.
+
+        `reads` is the part of the recipe's read chains that reaches this node (None: none does);
+        `covered` means some chain reads this whole subtree (or there is no recipe to check against).
+        """
+        if isinstance(node, DictConfig) and has_key(node, COMPONENT_KEY):
+            _check_component(self, node, path)
+        keys: Iterable[Any] = list(node) if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            child_reads = reads.children.get(key) if reads and isinstance(key, str) else None
+            child_path = _child_path(path, key)
+            child_covered = covered or isinstance(node, ListConfig)
+            if not child_covered:
+                if child_reads is None:
+                    self.report(child_path, "no code reads this key")
+                child_covered = child_reads is None or child_reads.whole
+            self.child(node, key, child_path, child_reads, child_covered)
+        if reads is not None and isinstance(node, DictConfig):
+            for name, child in reads.children.items():
+                if child.in_recipe and not has_key(node, name):
+                    self.report(
+                        _child_path(path, name),
+                        "the recipe reads this key but the config does not set it",
+                    )
+
+    def child(
+        self,
+        parent: DictConfig | ListConfig,
+        key: Any,
+        path: str,
+        reads: _Reads | None,
+        covered: bool,
+    ) -> None:
+        """Check one value: missing, interpolation, then recurse or check it as a file path."""
+        raw = parent._get_node(key)
+        if OmegaConf.is_missing(parent, key):
+            override = path.replace("[", ".").replace("]", "")  # `layers[1]` -> `layers.1`
+            self.report(
+                path, f"missing value ('???'); set it in the config or with '{override}=...'"
+            )
+            return
+        if raw._is_interpolation():
+            try:
+                value = parent[key]
+            except OmegaConfBaseException as e:
+                self.report(path, f"cannot resolve {raw._value()!r} ({_first_line(e)})")
+                return
+        elif isinstance(raw, (DictConfig, ListConfig)):
+            # A chain reaching a list reads all of it: items are only addressed by index.
+            if isinstance(raw, ListConfig) and reads is not None:
+                covered = True
+            self.container(raw, path, reads, covered)
+            value = raw
+        else:
+            value = raw._value()
+        # An interpolated section is checked where it is defined, not again here.
+        if isinstance(key, str) and _is_path_key(key) and not isinstance(value, DictConfig):
+            _check_files(self, key, value, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+
+
+def _check_component(checker: _Checker, node: DictConfig, path: str) -> None:
+    """Check that the node's ``_component_`` imports and that its arguments fit its signature."""
+    key = _child_path(path, COMPONENT_KEY)
+    try:
+        dotted = node[COMPONENT_KEY]
+    except OmegaConfBaseException:
+        return  # a missing or broken interpolation is reported when its value is walked
+    try:
+        fn = _locate(dotted)
+    except _LocateError as e:
+        checker.report(key, str(e))
+        return
+    if not callable(fn):
+        checker.report(key, f"{dotted!r} is not a class or function")
+        return
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return  # some builtins have no signature to check against
+    callee = _Callee(
+        dotted=dotted,
+        params=params,
+        hints=_type_hints(fn, params),
+        takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params.values()),
+        supplied=tuple(checker.supplied_args.get(path, ())),
+    )
+    args = [k for k in node if k != COMPONENT_KEY]
+    for name in args:
+        _check_argument(checker, node, path, name, callee)
+    for name, param in params.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name in args:
+            continue
+        if param.default is param.empty and name not in callee.supplied:
+            checker.report(path, f"missing required argument {name!r} of {dotted}")
+    for name in callee.supplied:
+        if name not in params and not callee.takes_kwargs:
+            checker.report(
+                path, f"{dotted} takes no argument {name!r}, which the recipe passes at run time"
+            )
+
+
+@dataclass(frozen=True)
+class _Callee:
+    """What the argument checks need to know about a component's callable."""
+
+    dotted: str
+    params: Mapping[str, inspect.Parameter]
+    hints: Mapping[str, Any]
+    takes_kwargs: bool
+    supplied: tuple[str, ...]
+    """The arguments the recipe passes itself (for a top-level section)."""
+
+
+def _check_argument(
+    checker: _Checker, node: DictConfig, path: str, name: Any, callee: _Callee
+) -> None:
+    """Check one configured argument of a component: known, settable, and of the right type."""
+    key = _child_path(path, name)
+    dotted = callee.dotted
+    param = callee.params.get(name) if isinstance(name, str) else None
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if not callee.takes_kwargs:
+            keywords = [
+                p.name
+                for p in callee.params.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            checker.report(key, f"unknown argument of {dotted}{did_you_mean(str(name), keywords)}")
+        return
+    if param.kind is param.POSITIONAL_ONLY:
+        checker.report(key, f"{dotted} takes {name!r} only by position, so a config cannot set it")
+        return
+    if name in callee.supplied:
+        checker.report(
+            key, f"the recipe passes this argument of {dotted}; remove it from the config"
+        )
+        return
+    annotation = callee.hints.get(name, inspect.Parameter.empty)
+    if annotation is inspect.Parameter.empty:
+        return
+    try:
+        value = node[name]
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException:
+        return  # reported when the value itself is walked
+    if value is None and param.default is None:
+        return  # `x: int = None` is an implicit Optional
+    if not _matches(value, annotation):
+        checker.report(
+            key, f"{dotted} expects {_describe(annotation)} here, got {_describe_value(value)}"
+        )
+
+
+def _type_hints(fn: Any, params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
+    """Evaluated annotations of `fn`'s parameters (of ``__init__`` for a class).
+
+    String annotations (``from __future__ import annotations``) are evaluated with
+    `typing.get_type_hints`; when that fails, only annotations that are already objects are kept, so
+    an unresolvable annotation skips the type check instead of failing it.
+    """
+    target = fn.__init__ if isinstance(fn, type) else fn
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 -- any error in someone else's annotations means "unknown"
+        hints = {}
+    for name, param in params.items():
+        if name not in hints and not isinstance(param.annotation, str):
+            hints[name] = param.annotation
+    return {name: hint for name, hint in hints.items() if not isinstance(hint, str)}
+
+
+_SEQUENCE_ABCS = (abc.Sequence, abc.MutableSequence, abc.Iterable, abc.Collection, abc.Reversible)
+_MAPPING_ABCS = (abc.Mapping, abc.MutableMapping)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a plain config value fits `annotation`; True when the annotation is not understood.
+
+    Only mismatches that are certain are reported: an annotation this function does not model
+    (Callable, TypeVar, Protocol, set, ...) accepts anything.
+    """
+    if annotation in (inspect.Parameter.empty, Any, object):
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    if isinstance(value, dict) and COMPONENT_KEY in value:
+        return True  # what a nested component returns is unknown until it is built
+    if hasattr(annotation, "__supertype__"):  # typing.NewType
+        return _matches(value, annotation.__supertype__)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _matches(value, args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin is not None:
+        return _matches_generic(value, origin, args)
+    if isinstance(annotation, type):
+        return _matches_class(value, annotation)
+    return True
+
+
+def _matches_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> bool:
+    """``list[int]``, ``tuple[float, ...]``, ``Sequence[str]``, ``dict[str, int]`` and the like."""
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        if args == ((),):
+            return len(value) == 0
+        return not args or (len(args) == len(value) and all(map(_matches, value, args)))
+    if origin is list or origin in _SEQUENCE_ABCS:
+        # A string is a Sequence (of strings) to Python, but never a list.
+        allowed = (list, tuple) if origin is list else (list, tuple, str)
+        if not isinstance(value, allowed):
+            return False
+        item = args[0] if args else Any
+        return isinstance(value, str) or all(_matches(v, item) for v in value)
+    if origin is dict or origin in _MAPPING_ABCS:
+        if not isinstance(value, dict):
+            return False
+        if len(args) != 2:
+            return True
+        return all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return True
+
+
+def _matches_class(value: Any, cls: type) -> bool:
+    """Plain class annotations; YAML only yields None, bool, int, float, str, list and dict."""
+    if cls is bool:
+        return isinstance(value, bool)
+    if cls is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if cls is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if cls in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if cls in _SEQUENCE_ABCS:
+        return isinstance(value, (list, tuple, str))
+    if cls is dict or cls in _MAPPING_ABCS:
+        return isinstance(value, dict)
+    if issubclass(cls, (PurePath, os.PathLike)):
+        return isinstance(value, (str, PurePath))
+    if issubclass(cls, enum.Enum) and isinstance(value, str):
+        return True  # many components accept an enum member by name
+    try:
+        return isinstance(value, cls)
+    except TypeError:  # a Protocol that is not runtime-checkable, for one
+        return True
+
+
+def _describe(annotation: Any) -> str:
+    """A short readable name for an annotation: ``int``, ``Path | None``, ``list[int]``."""
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(_describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
+    if origin is typing.Annotated:
+        return _describe(args[0])
+    if origin is not None and args:
+        name = getattr(origin, "__name__", None) or _describe(origin)
+        return f"{name}[{', '.join(_describe(arg) for arg in args)}]"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+def _check_files(checker: _Checker, key: str, value: Any, path: str) -> None:
+    """The value of a path-like key (or each item of a list there) must exist on disk."""
+    if not isinstance(value, ListConfig):
+        _check_file(checker, key, value, path)
+        return
+    for i in range(len(value)):
+        try:
+            item = value[i]
+        except OmegaConfBaseException:
+            continue  # reported when the item itself is walked
+        _check_file(checker, key, item, _child_path(path, i))
+
+
+def _check_file(checker: _Checker, key: str, value: Any, path: str) -> None:
+    """Report a missing file or directory; null means "not used" and URLs are not local files."""
+    if not isinstance(value, (str, PurePath)) or not str(value) or "://" in str(value):
+        return
+    text = str(value)
+    location = Path(text).expanduser()
+    if key.endswith("_dir"):
+        if not location.exists():
+            checker.report(path, f"directory {text!r} not found")
+        elif not location.is_dir():
+            checker.report(path, f"{text!r} is a file, not a directory")
+    elif not location.exists():
+        checker.report(path, f"file {text!r} not found")
+    elif key.endswith("_file") and location.is_dir():
+        checker.report(path, f"{text!r} is a directory, not a file")
+
+
+def _is_path_key(key: str) -> bool:
+    if key in _CREATED_DIR_KEYS or key.endswith(tuple("_" + k for k in _CREATED_DIR_KEYS)):
+        return False
+    return key in ("path", "source") or key.endswith(("_path", "_file", "_dir"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys the recipe reads
+
+
+@dataclass
+class _Reads:
+    """A trie of the key chains that read the config; `whole` marks a chain that reads the subtree.
+
+    `in_recipe` marks keys the recipe's code reads (not only an interpolation): those must exist.
+    """
+
+    whole: bool = False
+    in_recipe: bool = False
+    children: dict[str, _Reads] = field(default_factory=dict)
+
+    def add(self, chain: Iterable[str], *, in_recipe: bool, whole: bool = True) -> None:
+        node = self
+        for key in chain:
+            node = node.children.setdefault(key, _Reads())
+            node.in_recipe = node.in_recipe or in_recipe
+        node.whole = node.whole or whole
+
+
+# `${a.b}`, `${.sibling}`, `${..uncle.x}`; resolver calls like `${oc.env:X}` do not match.
+_INTERPOLATION = re.compile(r"\$\{(\.*)([\w-]+(?:\.[\w-]+)*)(?=[}\[])")
+
+
+def _interpolation_reads(
+    node: DictConfig | ListConfig, path: tuple[Any, ...] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """Key chains that interpolations read: a key used only through ``${...}`` is still used."""
+    keys: Iterable[Any] = list(node) if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        raw = node._get_node(key)
+        if raw is None:
+            continue
+        value = raw._value()
+        if isinstance(value, str) and raw._is_interpolation():
+            for dots, target in _INTERPOLATION.findall(value):
+                base = path[: len(path) - len(dots) + 1] if dots else ()
+                chain = (*base, *target.split("."))
+                # Items of a list are only read through the list; stop the chain there.
+                ints = [i for i, k in enumerate(chain) if isinstance(k, int)]
+                yield chain[: ints[0]] if ints else chain
+        elif isinstance(raw, (DictConfig, ListConfig)):
+            yield from _interpolation_reads(raw, (*path, key))
+
+
+def recipe_reads(source: str) -> dict[tuple[str, ...], bool]:
+    """The config key chains a recipe's source reads, e.g. ``{("training", "lr"): True}``.
+
+    The value says whether the chain reads the whole subtree below it (True), or only the key
+    itself (False: an alias binding, see below). Chains are rooted at a name ``cfg`` or at
+    ``self.cfg``: ``self.cfg.training.lr``, ``cfg["optimizer"]`` and ``cfg.training.get("lr")`` all
+    count. A chain stops at an index (``cfg.layers[0]``) or a DictConfig method
+    (``cfg.training.items()``) and reads the whole subtree where it stops. A bare ``cfg`` reads
+    nothing. A name bound only to a chain (``training = self.cfg.training``) is an alias:
+    ``training.lr`` reads ``("training", "lr")``, and only a bare use of the alias reads its whole
+    subtree. Raises `SyntaxError`.
+    """
+    tree = ast.parse(source)
+    roots, alias_values = _aliases(tree)
+    chains: dict[int, tuple[str, ...]] = {}
+    inner: set[int] = set()
+    for node in ast.walk(tree):
+        found = _chain(node, roots)
+        if found is None:
+            continue
+        chains[id(node)] = found[0]
+        inner.update(id(sub) for sub in _chain_parts(node))
+    # Binding an alias fetches its key (so the key must exist) but reads nothing below it.
+    alias_ids = {id(value) for value in alias_values}
+    reads = {chains[key]: False for key in alias_ids if key in chains}
+    for key, chain in chains.items():
+        if key not in inner and key not in alias_ids:
+            reads[chain] = True
+    return {chain: reads[chain] for chain in sorted(reads) if chain}
+
+
+def _aliases(tree: ast.AST) -> tuple[dict[str, tuple[str, ...]], list[ast.expr]]:
+    """Names that always hold the same config chain, and the expressions that bind them.
+
+    A name is an alias only if every binding of it in the file (assignment, parameter, loop
+    variable, ...) is ``name = <the same chain>``; anything else keeps it an ordinary name.
+    """
+    bindings: dict[str, list[ast.expr | None]] = {}
+    assigned: dict[int, ast.expr] = {}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            assigned[id(node.targets[0])] = node.value
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            bindings.setdefault(node.arg, []).append(None)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bindings.setdefault(node.id, []).append(assigned.get(id(node)))
+    roots: dict[str, tuple[str, ...]] = {"cfg": ()}
+    changed = True
+    while changed:  # an alias may be bound to another alias: repeat until nothing new resolves
+        changed = False
+        for name, values in bindings.items():
+            if name in roots or name == "self" or None in values:
+                continue
+            found = {_chain(value, roots) for value in values}
+            if len(found) == 1:
+                (chain,) = found
+                if chain is not None and chain[0] and chain[1]:
+                    roots[name] = chain[0]
+                    changed = True
+    values = [v for name, vs in bindings.items() if name in roots for v in vs if v is not None]
+    return roots, values
+
+
+def _chain(
+    node: ast.AST, roots: Mapping[str, tuple[str, ...]]
+) -> tuple[tuple[str, ...], bool] | None:
+    """``(keys, open)`` if `node` is a config read chain; `open` is False once it cannot extend.
+
+    `roots` maps names to the chain they stand for (``cfg`` and aliases).
+    """
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in roots:
+        return roots[node.id], True
+    if (
+        isinstance(node, ast.Attribute)
+        and node.attr == "cfg"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    ):
+        return (), True
+    if isinstance(node, ast.Attribute):
+        base = _chain(node.value, roots)
+        if base is None or not base[1] or node.attr in _DICTCONFIG_ATTRS:
+            return None if base is None else (base[0], False)
+        return (*base[0], node.attr), True
+    if isinstance(node, ast.Subscript):
+        base = _chain(node.value, roots)
+        if base is None or not base[1]:
+            return base
+        key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            return (*base[0], key.value), True
+        return base[0], False
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("get", "pop")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        base = _chain(node.func.value, roots)
+        if base is None or not base[1]:
+            return base
+        return (*base[0], node.args[0].value), True
+    return None
+
+
+def _chain_parts(node: ast.AST) -> list[ast.AST]:
+    """The sub-expressions a chain node extends (they are part of it, not chains of their own)."""
+    if isinstance(node, (ast.Attribute, ast.Subscript)):
+        return [node.value]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return [node.func, node.func.value]
+    return []

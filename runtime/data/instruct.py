@@ -1,0 +1,98 @@
+"""Instruction data: Alpaca-style records -> token ids with a loss mask on the prompt.
+
+A record is `{"instruction": ..., "input": ... (optional), "output": ...}`. Its prompt (from a
+template in `templates.py`) and its response (`output`) are tokenized separately, so the boundary
+between "read this" and "learn to write this" is exact whatever the tokenizer does to the text:
+
+    tokens = BOS + prompt ids + response ids + EOS           (then truncated to max_seq_len)
+    labels = -100 for BOS and the prompt, token ids for the response and EOS
+
+Labels are not shifted (the Hugging Face convention): the loss compares the logits at position
+t with labels[t + 1]. Everything is tokenized when the dataset is built, so a bad record stops the
+run before the first training step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from tunegen.runtime.data.collate import IGNORE_INDEX
+from tunegen.runtime.data.jsonl import read_numbered_records, require_fields
+from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
+from tunegen.runtime.errors import DataError
+from tunegen.runtime.tokenizers.sentencepiece import SentencePieceTokenizer
+
+__all__ = ["InstructDataset", "read_instruct_examples"]
+
+_REQUIRED = ("instruction", "output")
+_OPTIONAL = ("input",)
+
+
+def _template(name: str) -> PromptTemplate:
+    if name not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {name!r} (known: {sorted(PROMPT_TEMPLATES)})")
+    return PROMPT_TEMPLATES[name]
+
+
+def _formatted(source: str | Path, template: str) -> list[tuple[str, str]]:
+    """(prompt, response) for every record of `source`, after checking its fields."""
+    fmt = _template(template)
+    pairs = []
+    for line, record in read_numbered_records(source):
+        require_fields(record, _REQUIRED, path=source, line=line, optional=_OPTIONAL)
+        pairs.append(fmt.format(record))
+    return pairs
+
+
+def read_instruct_examples(
+    source: str | Path, *, template: str = "alpaca"
+) -> list[tuple[str, str]]:
+    """(prompt_text, expected_response) pairs, for evaluation by generation."""
+    return _formatted(source, template)
+
+
+class InstructDataset(Dataset):
+    """Tokenized instruction records; item i is `{"tokens": [...], "labels": [...]}`.
+
+    Records whose response is truncated away entirely (a prompt longer than `max_seq_len`) would
+    train nothing, so they are dropped and counted in `num_dropped`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: SentencePieceTokenizer,
+        *,
+        source: str | Path,
+        template: str = "alpaca",
+        max_seq_len: int,
+        train_on_input: bool = False,
+    ) -> None:
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+        self.examples: list[tuple[list[int], list[int]]] = []
+        self.num_dropped = 0
+        for prompt, response in _formatted(source, template):
+            prompt_ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
+            response_ids = tokenizer.encode(response, add_bos=False, add_eos=True)
+            prompt_labels = prompt_ids if train_on_input else [IGNORE_INDEX] * len(prompt_ids)
+            tokens = (prompt_ids + response_ids)[:max_seq_len]
+            labels = (prompt_labels + response_ids)[:max_seq_len]
+            # labels[0] is never a target once the loss shifts, so it cannot keep a record alive.
+            if all(label == IGNORE_INDEX for label in labels[1:]):
+                self.num_dropped += 1
+                continue
+            self.examples.append((tokens, labels))
+        if not self.examples:
+            raise DataError(
+                f"data file '{source}': all {self.num_dropped} records are longer than "
+                f"max_seq_len={max_seq_len} before their response starts"
+            )
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        tokens, labels = self.examples[index]
+        return {"tokens": tokens, "labels": labels}

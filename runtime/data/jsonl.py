@@ -1,0 +1,139 @@
+"""Read data files of JSON records, keeping each record's line number for error messages.
+
+Two formats: `.jsonl` (one JSON object per line, blank lines skipped) and `.json` (one list of
+objects). Every problem is a `DataError` whose one-line message starts with `path:line:`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tunegen.runtime.errors import DataError
+
+__all__ = ["NumberedRecord", "read_numbered_records", "read_records", "require_fields"]
+
+
+class NumberedRecord(NamedTuple):
+    """A record and the 1-based line of the file where it starts."""
+
+    line: int
+    record: dict[str, Any]
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a `.jsonl` or `.json` file, in file order."""
+    return [r.record for r in read_numbered_records(path)]
+
+
+def read_numbered_records(path: str | Path) -> list[NumberedRecord]:
+    """All records of a `.jsonl` or `.json` file, each with its line number."""
+    name = os.fspath(path)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
+        raise DataError(f"data file '{name}' must end in .jsonl or .json")
+    if not path.is_file():
+        raise DataError(f"data file '{name}' not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{name}:{line}: not valid UTF-8") from e
+    records = _parse_jsonl(text, name) if suffix == ".jsonl" else _parse_json_list(text, name)
+    if not records:
+        raise DataError(f"data file '{name}' has no records")
+    return records
+
+
+def _parse_jsonl(text: str, name: str) -> list[NumberedRecord]:
+    records = []
+    # Split on "\n" only: str.splitlines() would also split inside strings holding U+2028 etc.
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}:{line_no}: not valid JSON ({e.msg})") from e
+        records.append(_as_record(value, name, line_no))
+    return records
+
+
+def _parse_json_list(text: str, name: str) -> list[NumberedRecord]:
+    """Parse `[obj, obj, ...]` one element at a time, so each record knows its line."""
+    decoder = json.JSONDecoder()
+
+    def fail(message: str, pos: int) -> DataError:
+        return DataError(f"{name}:{_line_at(text, pos)}: {message}")
+
+    pos = _skip_space(text, 0)
+    if not text.startswith("[", pos):
+        raise fail("a .json data file must hold a list of records", pos)
+    pos = _skip_space(text, pos + 1)
+    records: list[NumberedRecord] = []
+    while not text.startswith("]", pos):
+        if records:
+            if not text.startswith(",", pos):
+                raise fail("not valid JSON (Expecting ',' delimiter)", pos)
+            pos = _skip_space(text, pos + 1)
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise fail(f"not valid JSON ({e.msg})", e.pos) from e
+        records.append(_as_record(value, name, _line_at(text, pos)))
+        pos = _skip_space(text, end)
+    if text[pos + 1 :].strip():
+        raise fail("not valid JSON (Extra data)", _skip_space(text, pos + 1))
+    return records
+
+
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _as_record(value: Any, name: str, line: int) -> NumberedRecord:
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{name}:{line}: a record must be a JSON object, got {type(value).__name__}"
+        )
+    return NumberedRecord(line, value)
+
+
+def require_fields(
+    record: Mapping[str, Any],
+    fields: Iterable[str],
+    *,
+    path: str | Path,
+    line: int,
+    optional: Iterable[str] = (),
+) -> None:
+    """Check that `record` has every field in `fields` as a string.
+
+    Fields in `optional` may be missing or null, but must be strings when present.
+    """
+    name = os.fspath(path)
+    for field in fields:
+        if field not in record:
+            raise DataError(f"{name}:{line}: missing field '{field}'")
+        _check_str(record, field, name, line)
+    for field in optional:
+        if record.get(field) is not None:
+            _check_str(record, field, name, line)
+
+
+def _check_str(record: Mapping[str, Any], field: str, name: str, line: int) -> None:
+    value = record[field]
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        raise DataError(f"{name}:{line}: field '{field}' must be a string, got {kind}")

@@ -1,0 +1,57 @@
+"""How a generated recipe starts: read its config, check it, and turn user errors into one line.
+
+A recipe's `main` is run through `run_main`, which prints a `TunegenError` as `error: ...` and exits
+with status 2 (a traceback only with `--debug` or TUNEGEN_DEBUG=1). Any other exception is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from omegaconf import DictConfig
+
+from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_args
+from tunegen.runtime.config_check import check_config, format_problems
+from tunegen.runtime.errors import ConfigError, TunegenError
+
+__all__ = ["EXIT_USER_ERROR", "load_recipe_config", "run_main"]
+
+EXIT_USER_ERROR = 2
+
+
+def load_recipe_config(argv: Sequence[str], *, recipe_file: str | Path) -> DictConfig:
+    """Parse `--config F [key=value ...]`, apply the overrides, and check the result.
+
+    The check runs before any model is built: every problem (a typo'd key that the recipe at
+    `recipe_file` never reads, an unknown component argument, a missing file) is reported at once.
+    """
+    config_path, overrides = parse_recipe_args(argv)
+    cfg = apply_overrides(load_config(config_path), overrides)
+    source = Path(recipe_file).read_text(encoding="utf-8")
+    problems = check_config(cfg, recipe_source=source)
+    if problems:
+        raise ConfigError(format_problems(problems, source=str(config_path)))
+    return cfg
+
+
+def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoReturn:
+    """Call `main(argv)` and exit: 0 on success, 2 with a one-line message on a user error."""
+    argv = list(argv)
+    debug = "--debug" in argv or os.environ.get("TUNEGEN_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        main(argv)
+    except TunegenError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0)

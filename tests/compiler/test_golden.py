@@ -1,0 +1,100 @@
+"""The generated code of every built-in spec, compared with the reviewed copy in tests/golden/."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import libcst
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+SPECS = sorted((REPO / "specs").glob("*.yaml"))
+
+
+def _refresh_module():
+    spec = importlib.util.spec_from_file_location(
+        "refresh_golden", REPO / "scripts" / "refresh_golden.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile_all() -> dict[Path, str]:
+    cwd = Path.cwd()
+    try:
+        return _refresh_module().golden_outputs()
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[Path, str]:
+    return _compile_all()
+
+
+def test_every_builtin_spec_has_golden_files(outputs):
+    assert len(outputs) == 2 * len(SPECS)
+    assert {p.name for p in outputs} == {
+        p.name for p in GOLDEN.iterdir() if p.suffix in (".py", ".yaml")
+    }
+
+
+def test_generated_files_equal_golden(outputs):
+    stale = [p.name for p, text in outputs.items() if p.read_text(encoding="utf-8") != text]
+    assert not stale, (
+        f"generated code changed for {stale}: review, then run scripts/refresh_golden.py"
+    )
+
+
+def test_compiling_twice_is_byte_identical(outputs):
+    again = _compile_all()
+    assert again == outputs
+
+
+def _names(source: str) -> set[str]:
+    """Every identifier used in a module (calls, attributes, imports, definitions)."""
+    names: set[str] = set()
+
+    class Collect(libcst.CSTVisitor):
+        def visit_Name(self, node: libcst.Name) -> None:
+            names.add(node.value)
+
+    libcst.parse_module(source).visit(Collect())
+    return names
+
+
+@pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
+def test_recipe_holds_only_the_code_its_spec_asks_for(spec_path, outputs):
+    spec = yaml.safe_load(spec_path.read_text())
+    names = _names(outputs[GOLDEN / f"{spec['name']}.py"])
+    lora_names = {"apply_lora", "lora_state_dict", "mark_only_lora_trainable"}
+    assert (lora_names <= names) == (spec["method"] == "lora")
+    assert bool(lora_names & names) == (spec["method"] == "lora")
+    assert ("exact_match_accuracy" in names) == ("eval" in spec)
+    clip = spec.get("training", {}).get("clip_grad_norm", 1.0) is not None
+    assert ("clip_grad_norm_" in names) == clip
+
+
+def test_golden_recipes_pass_ruff_with_default_settings():
+    files = [str(p) for p in GOLDEN.glob("*.py")]
+    check = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "E,F,W,I,B,UP", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout
+    fmt = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--isolated", "--check", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

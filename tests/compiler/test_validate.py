@@ -1,0 +1,138 @@
+"""Every kind of bad spec gives one located line per problem, and nothing is written."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tunegen.compiler.parse import parse_spec
+from tunegen.compiler.validate import validate_spec
+from tunegen.runtime.errors import SpecError
+
+GOOD = """\
+name: my_recipe
+method: lora
+model: tiny
+data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}
+lora: {rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}
+training:
+  epochs: 1
+  batch_size: 2
+  lr: 1e-3
+"""
+
+
+@pytest.fixture(autouse=True)
+def train_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"instruction": "Say hi.", "output": "hi"}\n')
+
+
+def errors_for(write_spec, text: str) -> list[str]:
+    path = write_spec(textwrap.dedent(text))
+    with pytest.raises(SpecError) as info:
+        validate_spec(parse_spec(path))
+    return str(info.value).splitlines()
+
+
+def test_good_spec_validates_with_defaults(write_spec):
+    spec = validate_spec(parse_spec(write_spec(GOOD)))
+    assert spec.training.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string; the schema makes it a float
+    assert spec.training.scheduler == "cosine"
+    assert spec.lora.targets == ["q_proj", "v_proj"]
+    assert spec.checkpoint.resume is False
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ("  lr: 1e-3", "  lr: 1e-3\n  lrr: 2"),
+            "spec.yaml:10: training.lrr: unknown key; did you mean 'lr'?",
+        ),
+        (
+            ("  epochs: 1", "  epochs: one"),
+            "spec.yaml:7: training.epochs: expected an integer, got a string ('one')",
+        ),
+        (
+            ("  batch_size: 2", "  batch_size: 0"),
+            "spec.yaml:8: training.batch_size: must be at least 1, got 0",
+        ),
+        (
+            ("name: my_recipe", "name: my-recipe"),
+            "spec.yaml:1: name: 'my-recipe' is not a plain Python identifier",
+        ),
+        (
+            ("name: my_recipe", "name: ../x"),
+            "spec.yaml:1: name: '../x' is not a plain Python identifier",
+        ),
+        (
+            ("method: lora", "method: lorra"),
+            "spec.yaml:2: method: 'lorra' is not one of full, lora; did you mean 'lora'?",
+        ),
+        (
+            ("model: tiny", "model: tinyy"),
+            "spec.yaml:3: model: unknown model 'tinyy'; did you mean 'tiny'?",
+        ),
+        (("train.jsonl", "nope.jsonl"), "spec.yaml:4: data.path: file 'data/nope.jsonl' not found"),
+        (
+            ("targets: [q_proj, v_proj]", "targets: [q_proj, vproj]"),
+            "spec.yaml:5: lora.targets[1]: unknown layer 'vproj'; did you mean 'v_proj'?",
+        ),
+        (
+            ("  epochs: 1", "  epochs: 1\n  rank: 3"),
+            "spec.yaml:8: training.rank: unknown key; 'rank' belongs in lora.rank",
+        ),
+        (
+            ("data: {", "data: {colum: text, "),
+            "spec.yaml:4: data.colum: unknown key; did you mean 'column'?",
+        ),
+    ],
+)
+def test_each_bad_spec_gives_its_one_line_error(write_spec, change, expected):
+    old, new = change
+    assert old in GOOD
+    lines = errors_for(write_spec, GOOD.replace(old, new))
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(expected) or expected in lines[0], lines[0]
+
+
+def test_all_problems_are_listed_together(write_spec):
+    text = GOOD.replace("  epochs: 1", "  epochs: -1").replace(
+        "  lr: 1e-3", "  lr: fast\n  colour: red"
+    )
+    lines = errors_for(write_spec, text)
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "training.colour",
+        "training.epochs",
+        "training.lr",
+    ]
+
+
+def test_missing_required_keys(write_spec):
+    lines = errors_for(write_spec, "name: x\nmethod: full\n")
+    assert any("spec.yaml:1: model: missing required key" in line for line in lines)
+    assert any("data: missing required key" in line for line in lines)
+
+
+def test_lora_section_with_full_method_is_refused(write_spec):
+    lines = errors_for(write_spec, GOOD.replace("method: lora", "method: full"))
+    assert lines == [lines[0]] and "lora: only used with method: lora" in lines[0]
+
+
+def test_bad_yaml_reports_line(write_spec):
+    lines = errors_for(write_spec, "name: x\nmethod: [full\nmodel: tiny\n")
+    assert len(lines) == 1
+    assert lines[0].endswith("spec.yaml:3: invalid YAML: expected ',' or ']', but got ':'")
+
+
+def test_duplicate_key(write_spec):
+    lines = errors_for(write_spec, GOOD + "name: again\n")
+    assert lines == [f"{lines[0].split(':')[0]}:10: name: duplicate key"]
+
+
+def test_spec_that_is_not_a_mapping(write_spec):
+    assert errors_for(write_spec, "- a\n- b\n")[0].endswith(
+        "spec.yaml:1: a spec is a mapping of keys"
+    )

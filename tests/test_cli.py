@@ -1,0 +1,104 @@
+"""The `tunegen` command: new, validate, run, ls, cp; exit code 2 and one line for bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from helpers import tunegen
+
+from tunegen.compiler.cli import builtin_specs
+
+SPEC = """\
+name: cli_recipe
+method: lora
+model: tiny
+data: {path: data/demo_train.jsonl, max_seq_len: 64}
+training: {max_steps: 3, batch_size: 2}
+logging: {every_n_steps: 1}
+"""
+
+
+def test_new_writes_recipe_and_config_then_refuses_to_overwrite(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    first = tunegen("new", "--spec", "spec.yaml")
+    assert first.returncode == 0, first.stderr
+    assert "wrote generated/cli_recipe.py" in first.stdout
+    recipe = Path("generated/cli_recipe.py")
+    recipe.write_text(recipe.read_text() + "\n# my edit\n")
+
+    again = tunegen("new", "--spec", "spec.yaml")
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "--force" in again.stderr
+    assert recipe.read_text().endswith("# my edit\n")  # the user's edit survives
+
+    forced = tunegen("new", "--spec", "spec.yaml", "--force")
+    assert forced.returncode == 0 and "# my edit" not in recipe.read_text()
+
+
+def test_invalid_spec_exits_2_with_one_line_and_writes_nothing(demo_workdir):
+    Path("spec.yaml").write_text(SPEC.replace("max_steps: 3", "max_step: 3"))
+    result = tunegen("new", "--spec", "spec.yaml")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: spec.yaml:5: training.max_step: unknown key; did you mean 'max_steps'?\n"
+    )
+    assert not Path("generated").exists()
+
+
+def test_run_applies_overrides_and_trains(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    result = tunegen("run", "generated/cli_recipe.py", "training.max_steps=2", "optimizer.lr=1e-3")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^step +2 \| loss \d", result.stdout, re.MULTILINE), result.stdout
+    assert Path("runs/cli_recipe/step_000002/adapter.safetensors").is_file()
+
+
+def test_run_with_a_typo_override_is_one_line_exit_2(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    result = tunegen("run", "generated/cli_recipe.py", "trainng.max_steps=2")
+    assert result.returncode == 2
+    assert "did you mean 'training'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_spec_and_config(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    ok = tunegen("validate", "spec.yaml")
+    assert ok.returncode == 0, ok.stderr
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    ok = tunegen("validate", "generated/cli_recipe.yaml")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_validate_reports_typo_nested_argument_and_missing_file_together(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    config_path = Path("generated/cli_recipe.yaml")
+    cfg = yaml.safe_load(config_path.read_text())
+    cfg["training"]["max_stepz"] = cfg["training"].pop("max_steps")  # a typo'd key
+    cfg["logging"]["metric_logger"]["log_dri"] = "x"  # a nested component's wrong argument
+    cfg["dataset"]["source"] = "data/missing.jsonl"  # a missing file
+    config_path.write_text(yaml.safe_dump(cfg))
+    result = tunegen("validate", str(config_path))
+    assert result.returncode == 2
+    text = result.stderr
+    assert "training.max_stepz" in text
+    assert "logging.metric_logger.log_dri" in text
+    assert "dataset.source" in text and "data/missing.jsonl" in text
+    assert "Traceback" not in text
+
+
+def test_ls_and_cp(workdir):
+    listing = tunegen("ls")
+    assert listing.returncode == 0
+    for name in builtin_specs():
+        assert name in listing.stdout
+    copied = tunegen("cp", "lora", "my_lora.yaml")
+    assert copied.returncode == 0, copied.stderr
+    assert tunegen("validate", "my_lora.yaml").returncode == 0  # data paths still resolve
+    assert tunegen("cp", "lora", "my_lora.yaml").returncode == 2  # no silent overwrite
+    assert tunegen("cp", "nope", "x.yaml").returncode == 2
