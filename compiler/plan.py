@@ -21,6 +21,7 @@ from tunegen.compiler.schema import (
     EvalSpec,
     LoggingSpec,
     LoraSpec,
+    ProfilerSpec,
     Spec,
     TrainingSpec,
     doc_of,
@@ -74,6 +75,8 @@ class Plan:
     lora: bool
     clip_grad_norm: bool
     eval: bool
+    activation_checkpointing: bool
+    profiler: bool
     spec_source: str
     spec_hash: str
     version: str
@@ -104,6 +107,8 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         lora=spec.method == "lora",
         clip_grad_norm=spec.training.clip_grad_norm is not None,
         eval=spec.eval is not None,
+        activation_checkpointing=spec.training.activation_checkpointing,
+        profiler=spec.profiler is not None,
         spec_source=_config_path(parsed.path),
         spec_hash=hashlib.sha256(parsed.text.encode("utf-8")).hexdigest()[:12],
         version=tunegen_version(),
@@ -190,6 +195,14 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
         sections.append(
             Section(
                 "eval", EvalSpec.__doc__.strip().rstrip("."), _eval_items(spec.eval, data, parsed)
+            )
+        )
+    if spec.profiler is not None:
+        sections.append(
+            Section(
+                "profiler",
+                ProfilerSpec.__doc__.strip().rstrip("."),
+                _profiler_items(spec.profiler, output_dir),
             )
         )
     sections += [
@@ -295,6 +308,17 @@ def _eval_items(eval_spec: EvalSpec, data: DataSpec, parsed: ParsedSpec) -> tupl
         Entry("template", data.template, "the training data's prompt template"),
         Entry("max_samples", eval_spec.max_samples, doc_of(EvalSpec, "max_samples")),
         Entry("max_new_tokens", eval_spec.max_new_tokens, doc_of(EvalSpec, "max_new_tokens")),
+    )
+
+
+def _profiler_items(profiler: ProfilerSpec, output_dir: str) -> tuple[Entry, ...]:
+    return (
+        _component("tunegen.runtime.profiling.Profiler"),
+        Entry("output_dir", f"{output_dir}/profile", "trace.json and key_averages.txt go here"),
+        *(
+            Entry(k, getattr(profiler, k), doc_of(ProfilerSpec, k))
+            for k in ("wait_steps", "warmup_steps", "active_steps")
+        ),
     )
 
 

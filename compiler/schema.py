@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointSpec",
     "DataSpec",
     "EvalSpec",
+    "ProfilerSpec",
     "LoggingSpec",
     "LoraSpec",
     "Spec",
@@ -108,6 +109,9 @@ class TrainingSpec:
     dtype: Literal["fp32", "bf16"] = option("fp32", "parameter and compute dtype")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     seed: int = option(0, "seed for initialisation, data order and dropout", ge=0)
+    activation_checkpointing: bool = option(
+        False, "recompute activations in the backward pass: less memory, more compute"
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,15 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class ProfilerSpec:
+    """PyTorch profiler over a few optimizer steps; results go to <output_dir>/profile."""
+
+    wait_steps: int = option(1, "steps to skip before profiling", ge=0)
+    warmup_steps: int = option(1, "steps profiled but discarded (warm-up)", ge=0)
+    active_steps: int = option(3, "steps recorded", ge=1)
+
+
+@dataclass(frozen=True)
 class Spec:
     """A tunegen spec: what to fine-tune, on what, and how."""
 
@@ -166,3 +179,4 @@ class Spec:
     checkpoint: CheckpointSpec = option(CheckpointSpec(), "checkpoints and resuming")
     logging: LoggingSpec = option(LoggingSpec(), "metrics")
     eval: EvalSpec | None = option(None, "held-out exact-match evaluation (null: none)")
+    profiler: ProfilerSpec | None = option(None, "profile a few steps (null: no profiling)")

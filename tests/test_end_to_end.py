@@ -109,3 +109,28 @@ def test_existing_run_dir_is_never_overwritten_without_resume(demo_workdir):
     assert again.returncode == 2
     assert "already holds checkpoints" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_activation_checkpointing_and_profiler(demo_workdir):
+    plain, _ = make_recipe("full", steps=5, save_every=100, lr=1e-3)
+    run_recipe(plain)
+    spec = Path("full.yaml")
+    spec.write_text(
+        spec.read_text()
+        .replace("name: e2e_full", "name: e2e_ac")
+        .replace("runs/e2e_full", "runs/e2e_ac")
+        .replace("  seed: 3", "  seed: 3\n  activation_checkpointing: true")
+        + "profiler: {wait_steps: 1, warmup_steps: 1, active_steps: 2}\n"
+    )
+    assert tunegen("new", "--spec", str(spec)).returncode == 0
+    recipe = Path("generated/e2e_ac.py")
+    assert "enable_activation_checkpointing(model)" in recipe.read_text()
+    run_recipe(recipe)
+    # Recomputing activations changes memory, not results.
+    checkpointed = losses(Path("runs/e2e_ac/metrics.jsonl"))
+    baseline = losses(Path("runs/e2e_full/metrics.jsonl"))
+    assert checkpointed.keys() == baseline.keys()
+    assert all(abs(checkpointed[s] - baseline[s]) < 1e-5 for s in baseline)
+    profile = Path("runs/e2e_ac/profile")
+    assert (profile / "trace.json").stat().st_size > 1000
+    assert "aten::" in (profile / "key_averages.txt").read_text()

@@ -98,3 +98,10 @@ def test_golden_recipes_pass_ruff_with_default_settings():
         check=False,
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_spec_reference_is_up_to_date():
+    from tunegen.compiler.docs import spec_reference
+
+    documented = (REPO / "docs" / "spec.md").read_text(encoding="utf-8")
+    assert documented == spec_reference(), "run: python -m tunegen.compiler.docs > docs/spec.md"
