@@ -8,7 +8,14 @@ its traceback.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "SpecError", "TokenizerError", "TunegenError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "SpecError",
+    "TokenizerError",
+    "TunegenError",
+]
 
 
 class TunegenError(Exception):
