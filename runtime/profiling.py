@@ -30,7 +30,9 @@ class Profiler:
         with_stack: bool = False,
     ) -> None:
         if min(wait_steps, warmup_steps) < 0 or active_steps < 1:
-            raise ValueError("profiler: wait_steps and warmup_steps must be >= 0, active_steps >= 1")
+            raise ValueError(
+                "profiler: wait_steps and warmup_steps must be >= 0, active_steps >= 1"
+            )
         self.output_dir = Path(output_dir)
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():
