@@ -102,3 +102,56 @@ def test_ls_and_cp(workdir):
     assert tunegen("validate", "my_lora.yaml").returncode == 0  # data paths still resolve
     assert tunegen("cp", "lora", "my_lora.yaml").returncode == 2  # no silent overwrite
     assert tunegen("cp", "nope", "x.yaml").returncode == 2
+
+
+TEXT_SPEC = """\
+name: text_recipe
+method: full
+model: tiny
+data: {path: data/notes.jsonl, format: text, column: body, max_seq_len: 32}
+training: {max_steps: 4, batch_size: 2, lr: 1e-3}
+"""
+
+MY_LOSS = '''\
+import torch
+from tunegen.runtime.losses import CrossEntropyLoss
+
+
+class ScaledLoss(CrossEntropyLoss):
+    """A user's own loss, living next to their config."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, logits, labels):
+        loss_sum, num_tokens = super().forward(logits, labels)
+        return loss_sum * self.scale, num_tokens
+'''
+
+
+def test_text_data_and_a_user_component_from_the_working_directory(workdir):
+    Path("data").mkdir()
+    rows = [f'{{"body": "note {i}: the cat sat on the mat and = signs are fine"}}' for i in range(8)]
+    Path("data/notes.jsonl").write_text("\n".join(rows) + "\n")
+    Path("my_loss.py").write_text(MY_LOSS)
+    Path("spec.yaml").write_text(TEXT_SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    config = Path("generated/text_recipe.yaml").read_text()
+    assert "tunegen.runtime.data.TextDataset" in config and "column: body" in config
+
+    result = tunegen(
+        "run",
+        "generated/text_recipe.py",
+        "loss._component_=my_loss.ScaledLoss",
+        "+loss.scale=0.5",
+        "+run_note=a=b",  # values may contain '='
+    )
+    # run_note is read by no code, so the pre-flight refuses it: added keys are checked too
+    assert result.returncode == 2 and "run_note: no code reads this key" in result.stderr
+
+    result = tunegen(
+        "run", "generated/text_recipe.py", "loss._component_=my_loss.ScaledLoss", "+loss.scale=0.5"
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path("runs/text_recipe/step_000004/model.safetensors").is_file()

@@ -52,32 +52,13 @@ class LoRAFinetuneRecipe:
         self.metric_logger = instantiate(self.cfg.logging.metric_logger)
         self.checkpointer = instantiate(self.cfg.checkpointer)
         self.tokenizer = instantiate(self.cfg.tokenizer)
+        # Data first: a bad record should stop the run before any weights are built.
+        self.dataloader = self._setup_data()
         self.model = self._setup_model()
         self.optimizer = self._setup_optimizer()
-        self.dataloader = self._setup_data()
         self.lr_scheduler = self._setup_lr_scheduler()
         self.loss_fn = instantiate(self.cfg.loss)
         self.load_checkpoint()
-
-    def _setup_model(self) -> torch.nn.Module:
-        model = instantiate(self.cfg.model)
-        apply_lora(
-            model,
-            targets=list(self.cfg.lora.targets),
-            rank=self.cfg.lora.rank,
-            alpha=self.cfg.lora.alpha,
-            dropout=self.cfg.lora.dropout,
-        )
-        mark_only_lora_trainable(model)
-        model = model.to(device=self.device, dtype=self.dtype)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
-        return model
-
-    def _setup_optimizer(self) -> torch.optim.Optimizer:
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return instantiate(self.cfg.optimizer, params=trainable)
 
     def _setup_data(self) -> DataLoader:
         dataset = instantiate(self.cfg.dataset, tokenizer=self.tokenizer)
@@ -101,6 +82,26 @@ class LoRAFinetuneRecipe:
                 "(dataloader.batch_size x training.grad_accum)"
             )
         return dataloader
+
+    def _setup_model(self) -> torch.nn.Module:
+        model = instantiate(self.cfg.model)
+        apply_lora(
+            model,
+            targets=list(self.cfg.lora.targets),
+            rank=self.cfg.lora.rank,
+            alpha=self.cfg.lora.alpha,
+            dropout=self.cfg.lora.dropout,
+        )
+        mark_only_lora_trainable(model)
+        model = model.to(device=self.device, dtype=self.dtype)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        return model
+
+    def _setup_optimizer(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return instantiate(self.cfg.optimizer, params=trainable)
 
     def _setup_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         training = self.cfg.training
