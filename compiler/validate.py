@@ -25,6 +25,7 @@ from tunegen.runtime.errors import SpecError
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _MISSING = object()
 
 
@@ -172,6 +173,8 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     if "template" in parsed.values.get("data", {}) and spec.data.format != "instruct":
         problem("data.template", "only used with data.format: instruct")
     training = spec.training
+    if not _DEVICE.fullmatch(training.device):
+        problem("training.device", f"{training.device!r} is not auto, cpu, cuda, cuda:N or mps")
     if training.max_steps is not None and training.warmup_steps > training.max_steps:
         problem(
             "training.warmup_steps",

@@ -132,7 +132,9 @@ class ScaledLoss(CrossEntropyLoss):
 
 def test_text_data_and_a_user_component_from_the_working_directory(workdir):
     Path("data").mkdir()
-    rows = [f'{{"body": "note {i}: the cat sat on the mat and = signs are fine"}}' for i in range(8)]
+    rows = [
+        f'{{"body": "note {i}: the cat sat on the mat and = signs are fine"}}' for i in range(8)
+    ]
     Path("data/notes.jsonl").write_text("\n".join(rows) + "\n")
     Path("my_loss.py").write_text(MY_LOSS)
     Path("spec.yaml").write_text(TEXT_SPEC)

@@ -1,0 +1,81 @@
+"""Spec strings never become code: arbitrary text in free-form fields stays data.
+
+Free-form spec strings reach only the generated YAML config (through a YAML emitter) and, for the
+spec's own path, a comment line. Whatever the text (quotes, newlines, `\"\"\"`, `__import__('os')`),
+the recipe must be byte-identical to the one compiled from a plain value, and the config must load
+back to exactly the value given.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunegen.compiler.parse import parse_spec_text
+from tunegen.compiler.pipeline import Compiled, compile_spec
+
+BASE = {
+    "name": "fuzzed",
+    "method": "full",
+    "model": "tiny",
+    "data": {"path": "train.jsonl", "format": "text", "column": "text"},
+    "checkpoint": {"output_dir": "runs/x"},
+}
+
+nasty = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=40,
+) | st.sampled_from(
+    ['"""', "'''", "\n__import__('os').system('x')\n", "a: b", "#", "${oc.env:HOME}"]
+)
+
+
+def _without_hash(text: str) -> str:
+    return re.sub(r"spec sha256 [0-9a-f]{12}", "", text)
+
+
+def compile_with(tmp_path, column: str, output_dir: str) -> Compiled:
+    spec = json.loads(json.dumps(BASE))
+    spec["data"]["column"] = column
+    spec["checkpoint"]["output_dir"] = output_dir
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    parse_spec_text(path.read_text(), path)  # the written spec itself parses
+    return compile_spec(path, tmp_path / "generated")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(column=nasty, output_dir=nasty)
+def test_free_text_fields_stay_data(tmp_path, column, output_dir):
+    (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n')
+    plain = compile_with(tmp_path, "text", "runs/x")
+    fuzzed = compile_with(tmp_path, column, output_dir)
+    # Only the header's spec hash may differ.
+    assert _without_hash(fuzzed.rendered.recipe) == _without_hash(plain.rendered.recipe)
+    config = yaml.safe_load(fuzzed.rendered.config)
+    assert config["dataset"]["column"] == column
+    assert config["checkpointer"]["output_dir"] == output_dir
+    assert config["logging"]["metric_logger"]["log_dir"] == output_dir
+
+
+def test_a_hostile_spec_file_name_stays_inside_the_header_comment(tmp_path):
+    folder = tmp_path / 'x\n__import__("os").system("echo hi")\n"""'
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "hi"}\n')
+    spec = folder / "spec.yaml"
+    spec.write_text(yaml.safe_dump(BASE))
+    recipe = compile_spec(spec, tmp_path / "generated").rendered.recipe
+    lines = recipe.splitlines()
+    assert all(line.startswith("#") for line in lines[:4])
+    assert "__import__" in lines[0]
+    module = ast.parse(recipe)
+    assert ast.get_docstring(module) == "Full fine-tuning: every weight of the model is trained."
+    assert not any("system" in ast.dump(node) for node in module.body)
