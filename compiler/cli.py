@@ -186,23 +186,14 @@ def _spec_summary(path: Path) -> str:
 
 
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit status 2."""
-    debug = "--debug" in sys.argv[1:2] or "--debug" in sys.argv
+    """Console entry point: user errors become one line on stderr and exit status 2.
+
+    Usage errors (unknown command, missing option) are click's, which also exit with status 2.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except TunegenError as exc:
-        if debug:
+        if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USER_ERROR)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(EXIT_USER_ERROR if isinstance(exc, click.UsageError) else exc.exit_code)
-        raise

@@ -157,3 +157,11 @@ def test_text_data_and_a_user_component_from_the_working_directory(workdir):
     )
     assert result.returncode == 0, result.stderr
     assert Path("runs/text_recipe/step_000004/model.safetensors").is_file()
+
+
+def test_usage_errors_exit_2(workdir):
+    assert tunegen("new").returncode == 2
+    assert tunegen("frobnicate").returncode == 2
+    missing = tunegen("new", "--spec", "nope.yaml")
+    assert missing.returncode == 2 and missing.stderr == "error: nope.yaml: spec file not found\n"
+    assert tunegen("run", "nope.py").returncode == 2

@@ -104,9 +104,7 @@ def _skip_space(text: str, pos: int) -> int:
 
 def _as_record(value: Any, name: str, line: int) -> NumberedRecord:
     if not isinstance(value, dict):
-        raise DataError(
-            f"{name}:{line}: a record must be a JSON object, got {type(value).__name__}"
-        )
+        raise DataError(f"{name}:{line}: a record must be a JSON object, got {_json_type(value)}")
     return NumberedRecord(line, value)
 
 
@@ -135,5 +133,15 @@ def require_fields(
 def _check_str(record: Mapping[str, Any], field: str, name: str, line: int) -> None:
     value = record[field]
     if not isinstance(value, str):
-        kind = "null" if value is None else type(value).__name__
-        raise DataError(f"{name}:{line}: field '{field}' must be a string, got {kind}")
+        raise DataError(f"{name}:{line}: field '{field}' must be a string, got {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    """JSON's name for the type of a parsed value, as the user wrote it in the file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)

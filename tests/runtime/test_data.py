@@ -110,7 +110,7 @@ def test_json_file_must_hold_a_list(tmp_path: Path) -> None:
 def test_record_must_be_an_object(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", ['{"a": 1}', "[1, 2]"])
     with pytest.raises(
-        DataError, match=error(path, ":2: a record must be a JSON object, got list")
+        DataError, match=error(path, ":2: a record must be a JSON object, got array")
     ):
         read_records(path)
 
@@ -238,12 +238,12 @@ def test_missing_field_reports_its_line(tok: SentencePieceTokenizer, tmp_path: P
 def test_field_must_be_a_string(tok: SentencePieceTokenizer, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", ['{"instruction": "Count.", "output": 3}'])
     with pytest.raises(
-        DataError, match=error(path, ":1: field 'output' must be a string, got int")
+        DataError, match=error(path, ":1: field 'output' must be a string, got number")
     ):
         InstructDataset(tok, source=path, max_seq_len=64)
     path = write_jsonl(tmp_path / "e.jsonl", ['{"instruction": "a", "input": [], "output": "b"}'])
     with pytest.raises(
-        DataError, match=error(path, ":1: field 'input' must be a string, got list")
+        DataError, match=error(path, ":1: field 'input' must be a string, got array")
     ):
         InstructDataset(tok, source=path, max_seq_len=64)
 
