@@ -66,7 +66,14 @@ def yaml_value(value: Any) -> str:
         return "[" + ", ".join(yaml_value(v) for v in value) + "]"
     if value is not None and not isinstance(value, (bool, int, float, str)):
         raise TypeError(f"cannot render {type(value).__name__} as a YAML value")
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), allow_unicode=True)
+    # Double quotes escape everything YAML could otherwise read differently (line separators
+    # such as U+0085, control characters); plain text stays unquoted and readable.
+    style = (
+        '"' if isinstance(value, str) and not (value.isascii() and value.isprintable()) else None
+    )
+    text = yaml.safe_dump(
+        value, default_flow_style=True, default_style=style, width=float("inf"), allow_unicode=True
+    )
     return text.removesuffix("\n").removesuffix("\n...").strip()
 
 

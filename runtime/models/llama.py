@@ -1,4 +1,4 @@
-"""The Llama-family decoder (Llama 2/3, TinyLlama, SmolLM, Qwen2-style configurations) in one file.
+"""The Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3, Phi-3) in one file.
 
 The module tree mirrors Hugging Face's `LlamaForCausalLM` name for name, so `state_dict()` keys
 are identical and an HF checkpoint loads with `load_state_dict` and no key remapping:
@@ -11,9 +11,16 @@ are identical and an HF checkpoint loads with `load_state_dict` and no key remap
     model.norm
     lm_head                      (absent when the embeddings are tied)
 
+Qwen3 adds `self_attn.{q_norm,k_norm}` (an RMSNorm over each head). Phi-3 checkpoints fuse
+`qkv_proj` and `gate_up_proj`; the model keeps them split and `HF_ARCHITECTURES` below says how to
+split and re-fuse them, so every architecture shares one module tree.
+
 RoPE uses HF's "rotate_half" layout (the two halves of each head are the rotation pairs), so HF
 q/k weights need no permutation either. The RoPE cos/sin tables are non-persistent buffers: they
 are recomputed from the sizes and never appear in a checkpoint.
+
+`HF_ARCHITECTURES` maps each supported HF `architectures` name to the builder keyword arguments it
+implies; `runtime.hf_checkpoint` reads config.json through it.
 
 Shapes in comments: B batch, T sequence, D model dim, H query heads, K key/value heads,
 Hd head dim, F MLP hidden dim, V vocab.
@@ -21,12 +28,25 @@ Hd head dim, F MLP hidden dim, V vocab.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["LINEAR_LAYER_NAMES", "Transformer", "llama"]
+__all__ = [
+    "HF_ARCHITECTURES",
+    "HF_CONFIG_KEYS",
+    "LINEAR_LAYER_NAMES",
+    "ROPE_TYPES",
+    "HFArchitecture",
+    "Transformer",
+    "llama",
+]
 
 #: Attribute names of the linear layers LoRA may target (the spec validator checks against these).
 LINEAR_LAYER_NAMES: tuple[str, ...] = (
@@ -58,12 +78,46 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, base: float) -> tuple[Tensor, Tensor]:
+#: RoPE scaling types `rope_scaling={"rope_type": ...}` accepts, with the keys each one needs.
+ROPE_TYPES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling: Mapping[str, Any] | None = None) -> Tensor:
+    """The head_dim / 2 rotation frequencies, fp32, optionally rescaled for long context.
+
+    "linear" divides every frequency by `factor`. "llama3" (Llama 3.1) divides only the low
+    frequencies (wavelengths beyond original_max_position_embeddings / low_freq_factor), keeps the
+    high ones (below .../high_freq_factor) and blends smoothly in between, exactly as HF does.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    kind = "default" if scaling is None else scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_tables(
+    head_dim: int, max_seq_len: int, base: float, scaling: Mapping[str, Any] | None = None
+) -> tuple[Tensor, Tensor]:
     """Return the RoPE (cos, sin) tables, each (max_seq_len, head_dim), computed in fp32.
 
     Each frequency appears twice (once per half of the head), matching `rotate_half` below.
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    inv_freq = rope_inv_freq(head_dim, base, scaling)
     positions = torch.arange(max_seq_len, dtype=torch.float)
     freqs = torch.outer(positions, inv_freq)  # (T, Hd/2)
     angles = torch.cat((freqs, freqs), dim=-1)  # (T, Hd)
@@ -82,21 +136,42 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with grouped-query heads (n_kv_heads divides n_heads)."""
+    """Causal self-attention with grouped-query heads (n_kv_heads divides n_heads).
 
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, bias: bool) -> None:
+    `qkv_bias` puts biases on q/k/v only (Qwen2); `attention_bias` on all four projections.
+    `qk_norm` RMS-normalises each query and key head before RoPE (Qwen3).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        *,
+        attention_bias: bool,
+        qkv_bias: bool,
+        qk_norm: bool,
+        norm_eps: float,
+    ) -> None:
         super().__init__()
-        self.head_dim = dim // n_heads
-        self.q_proj = nn.Linear(dim, n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(dim, n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
+        self.head_dim = head_dim
+        in_bias = attention_bias or qkv_bias
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=in_bias)
+        self.k_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=in_bias)
+        self.v_proj = nn.Linear(dim, n_kv_heads * head_dim, bias=in_bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=attention_bias)
+        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Hd)
-        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, Hd)
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H, Hd)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, K, Hd)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, Hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Hd), (B, K, T, Hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # enable_gqa shares each key/value head among n_heads // n_kv_heads query heads without
         # materialising repeated copies. No padding mask is needed for right-padded batches:
@@ -128,13 +203,25 @@ class DecoderLayer(nn.Module):
         dim: int,
         n_heads: int,
         n_kv_heads: int,
+        head_dim: int,
         hidden_dim: int,
         norm_eps: float,
         attention_bias: bool,
+        qkv_bias: bool,
+        qk_norm: bool,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(dim, norm_eps)
-        self.self_attn = Attention(dim, n_heads, n_kv_heads, attention_bias)
+        self.self_attn = Attention(
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            attention_bias=attention_bias,
+            qkv_bias=qkv_bias,
+            qk_norm=qk_norm,
+            norm_eps=norm_eps,
+        )
         self.post_attention_layernorm = RMSNorm(dim, norm_eps)
         self.mlp = MLP(dim, hidden_dim)
 
@@ -154,24 +241,46 @@ class Decoder(nn.Module):
         n_layers: int,
         n_heads: int,
         n_kv_heads: int,
+        head_dim: int,
         hidden_dim: int,
         max_seq_len: int,
         rope_base: float,
+        rope_scaling: Mapping[str, Any] | None,
         norm_eps: float,
         attention_bias: bool,
+        qkv_bias: bool,
+        qk_norm: bool,
     ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, dim)
         self.layers = nn.ModuleList(
-            DecoderLayer(dim, n_heads, n_kv_heads, hidden_dim, norm_eps, attention_bias)
+            DecoderLayer(
+                dim,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                hidden_dim,
+                norm_eps,
+                attention_bias,
+                qkv_bias,
+                qk_norm,
+            )
             for _ in range(n_layers)
         )
         self.norm = RMSNorm(dim, norm_eps)
         # When set (see `runtime.memory`), training recomputes each layer's activations in the
         # backward pass instead of storing them: less memory for about a third more compute.
         self.activation_checkpointing = False
-        # Derived from the sizes, so kept out of the state dict (HF checkpoints do not have them).
-        cos, sin = rope_tables(dim // n_heads, max_seq_len, rope_base)
+        self._rope = (head_dim, max_seq_len, rope_base, rope_scaling)
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """(Re)compute the RoPE tables, e.g. after building on the meta device.
+
+        They are derived from the sizes, so they are kept out of the state dict (HF checkpoints
+        do not have them) and are always fp32.
+        """
+        cos, sin = rope_tables(*self._rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -191,9 +300,11 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
     """A Llama-family causal language model: token ids (B, T) in, next-token logits (B, T, V) out.
 
-    Build it with `llama(...)`; the keyword arguments are documented there. With
-    `tie_embeddings=True` there is no `lm_head` module (the attribute is None) and the output
-    projection reuses `model.embed_tokens.weight`, which is exactly what HF saves for tied models.
+    Build it with `llama(...)`; the keyword arguments are documented there and kept in
+    `build_args`. With `tie_embeddings=True` there is no `lm_head` module (the attribute is None)
+    and the output projection reuses `model.embed_tokens.weight`, which is exactly what HF saves
+    for tied models. `hf_config` holds the config.json a model was loaded from (set by
+    `runtime.hf_checkpoint.load_model`, None otherwise), so it can be saved in the same format.
     """
 
     def __init__(
@@ -210,14 +321,51 @@ class Transformer(nn.Module):
         norm_eps: float = 1e-5,
         tie_embeddings: bool = False,
         attention_bias: bool = False,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        rope_scaling: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if dim % n_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
-        if (dim // n_heads) % 2 != 0:
-            raise ValueError(f"head dim dim // n_heads ({dim // n_heads}) must be even for RoPE")
+        if head_dim is None:
+            if dim % n_heads != 0:
+                raise ValueError(f"dim ({dim}) must be divisible by n_heads ({n_heads})")
+            head_dim = dim // n_heads
+        if head_dim % 2 != 0:
+            raise ValueError(f"head dim ({head_dim}) must be even for RoPE")
         if n_heads % n_kv_heads != 0:
             raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
+        if rope_scaling is not None:
+            rope_scaling = dict(rope_scaling)
+            kind = rope_scaling.get("rope_type")
+            if kind not in ROPE_TYPES:
+                raise ValueError(
+                    f"rope_scaling rope_type {kind!r} is not one of {', '.join(ROPE_TYPES)}"
+                )
+            missing = [key for key in ROPE_TYPES[kind] if key not in rope_scaling]
+            if missing:
+                raise ValueError(f"rope_scaling of type {kind!r} needs {', '.join(missing)}")
+            unused = [key for key in rope_scaling if key not in ("rope_type", *ROPE_TYPES[kind])]
+            if unused:  # e.g. rope_theta, which is rope_base here
+                raise ValueError(f"rope_scaling of type {kind!r} takes no {', '.join(unused)}")
+        self.build_args: dict[str, Any] = {
+            "vocab_size": vocab_size,
+            "dim": dim,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "n_kv_heads": n_kv_heads,
+            "hidden_dim": hidden_dim,
+            "max_seq_len": max_seq_len,
+            "rope_base": rope_base,
+            "norm_eps": norm_eps,
+            "tie_embeddings": tie_embeddings,
+            "attention_bias": attention_bias,
+            "head_dim": head_dim,
+            "qkv_bias": qkv_bias,
+            "qk_norm": qk_norm,
+            "rope_scaling": rope_scaling,
+        }
+        self.hf_config: dict[str, Any] | None = None
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.model = Decoder(
@@ -226,11 +374,15 @@ class Transformer(nn.Module):
             n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
             hidden_dim=hidden_dim,
             max_seq_len=max_seq_len,
             rope_base=rope_base,
+            rope_scaling=rope_scaling,
             norm_eps=norm_eps,
             attention_bias=attention_bias,
+            qkv_bias=qkv_bias,
+            qk_norm=qk_norm,
         )
         self.lm_head = None if tie_embeddings else nn.Linear(dim, vocab_size, bias=False)
         self.reset_parameters()
@@ -276,14 +428,22 @@ def llama(
     norm_eps: float = 1e-5,
     tie_embeddings: bool = False,
     attention_bias: bool = False,
+    head_dim: int | None = None,
+    qkv_bias: bool = False,
+    qk_norm: bool = False,
+    rope_scaling: Mapping[str, Any] | None = None,
 ) -> Transformer:
     """Build a randomly initialised Llama-family model (deterministic given torch's seed).
 
-    Args map to HF's `LlamaConfig` as: vocab_size, dim=hidden_size, n_layers=num_hidden_layers,
-    n_heads=num_attention_heads, n_kv_heads=num_key_value_heads, hidden_dim=intermediate_size,
+    Args map to HF config.json keys as in `HF_CONFIG_KEYS`: vocab_size, dim=hidden_size,
+    n_layers=num_hidden_layers, n_heads=num_attention_heads, n_kv_heads=num_key_value_heads,
+    head_dim (None: dim // n_heads), hidden_dim=intermediate_size,
     max_seq_len=max_position_embeddings, rope_base=rope_theta, norm_eps=rms_norm_eps,
-    tie_embeddings=tie_word_embeddings, attention_bias. Only the default RoPE scaling is
-    supported, and the MLP has no biases (HF's `mlp_bias=False`).
+    tie_embeddings=tie_word_embeddings, attention_bias (biases on q/k/v/o, as Llama's flag).
+    qkv_bias puts biases on q/k/v only (Qwen2); qk_norm adds Qwen3's per-head q/k RMSNorm.
+    rope_scaling is None or a dict with a `rope_type` from `ROPE_TYPES` and that type's keys
+    (Llama 3.1's {"rope_type": "llama3", "factor": 8.0, ...}). The MLP is SwiGLU without biases
+    (HF's `hidden_act="silu"`, `mlp_bias=False`).
     """
     return Transformer(
         vocab_size=vocab_size,
@@ -297,4 +457,96 @@ def llama(
         norm_eps=norm_eps,
         tie_embeddings=tie_embeddings,
         attention_bias=attention_bias,
+        head_dim=head_dim,
+        qkv_bias=qkv_bias,
+        qk_norm=qk_norm,
+        rope_scaling=rope_scaling,
     )
+
+
+# --- Hugging Face config.json -> builder keyword arguments ----------------------------------------
+
+#: Builder keyword argument -> the HF config.json key it is read from, for every architecture.
+#: RoPE (`rope_base`, `rope_scaling`) is read from `rope_parameters` or `rope_theta`/`rope_scaling`.
+HF_CONFIG_KEYS: dict[str, str] = {
+    "vocab_size": "vocab_size",
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "hidden_dim": "intermediate_size",
+    "max_seq_len": "max_position_embeddings",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "attention_bias": "attention_bias",
+}
+
+
+@dataclass(frozen=True)
+class HFArchitecture:
+    """How one HF `architectures` name maps onto `llama(...)` and its checkpoint's tensor names."""
+
+    model_type: str
+    #: Values HF's config class assumes for keys a config.json may leave out (None for
+    #: num_key_value_heads / head_dim means n_heads / dim // n_heads).
+    defaults: Mapping[str, Any]
+    #: Builder kwargs the architecture fixes whatever config.json says (Qwen2 always has q/k/v
+    #: biases; Mistral has no attention_bias option).
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    #: config.json keys with the only value this file implements (missing keys count as that
+    #: value); a checkpoint with another value is refused rather than silently computed wrongly.
+    requires: Mapping[str, Any] = field(default_factory=dict)
+    #: The config.json key that turns `sliding_window` on, or None when setting it suffices.
+    sliding_window_switch: str | None = None
+    #: Checkpoint module name -> our module names whose weights it concatenates along dim 0.
+    fused: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+_DEFAULTS = {
+    "num_key_value_heads": None,
+    "head_dim": None,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "rope_theta": 10000.0,
+}
+
+#: The HF `architectures` this file builds (Gemma 2 is not one: see docs/api.md).
+HF_ARCHITECTURES: dict[str, HFArchitecture] = {
+    "LlamaForCausalLM": HFArchitecture(
+        model_type="llama",
+        defaults=_DEFAULTS,
+        requires={"hidden_act": "silu", "mlp_bias": False},
+    ),
+    "MistralForCausalLM": HFArchitecture(
+        model_type="mistral",
+        defaults=_DEFAULTS,
+        fixed={"attention_bias": False},
+        requires={"hidden_act": "silu"},
+    ),
+    "Qwen2ForCausalLM": HFArchitecture(
+        model_type="qwen2",
+        defaults=_DEFAULTS,
+        fixed={"attention_bias": False, "qkv_bias": True},
+        requires={"hidden_act": "silu"},
+        sliding_window_switch="use_sliding_window",
+    ),
+    "Qwen3ForCausalLM": HFArchitecture(
+        model_type="qwen3",
+        defaults={**_DEFAULTS, "head_dim": 128},
+        fixed={"qk_norm": True},
+        requires={"hidden_act": "silu"},
+        sliding_window_switch="use_sliding_window",
+    ),
+    "Phi3ForCausalLM": HFArchitecture(
+        model_type="phi3",
+        defaults={**_DEFAULTS, "rms_norm_eps": 1e-5},
+        fixed={"attention_bias": False},
+        requires={"hidden_act": "silu"},
+        fused={
+            "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+        },
+    ),
+}

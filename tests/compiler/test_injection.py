@@ -45,13 +45,13 @@ def compile_with(tmp_path, column: str, output_dir: str) -> Compiled:
     spec["data"]["column"] = column
     spec["checkpoint"]["output_dir"] = output_dir
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, default_style='"'), encoding="utf-8")
     parse_spec_text(path.read_text(), path)  # the written spec itself parses
     return compile_spec(path, tmp_path / "generated")
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(column=nasty, output_dir=nasty)
 def test_free_text_fields_stay_data(tmp_path, column, output_dir):

@@ -1,0 +1,267 @@
+"""LoRA adapters in PEFT's format, so `peft.PeftModel.from_pretrained(base, adapter_dir)` loads them.
+
+An adapter dir holds `adapter_config.json` and `adapter_model.safetensors`, whose tensors are named
+`base_model.model.<module path>.lora_A.weight` (rank, in) and `...lora_B.weight` (out, rank); PEFT
+computes `scaling = lora_alpha / r` as `LoRALinear` does, so the weights carry over unchanged.
+
+Checkpoints with fused projections (Phi-3's `qkv_proj`, `gate_up_proj`) get one adapter on the
+fused module: A stacks the parts' A matrices and B places each part's B in its own rows and
+columns, a rank-(sum of ranks) update that equals the parts' updates exactly. `rank_pattern` and
+`alpha_pattern` record the larger rank and keep the scaling. Loading does the reverse, giving
+every part the fused A and its rows of B.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from .checkpointing import _one_line, _prepare_tensors, _write_safetensors
+from .errors import CheckpointError
+from .hf_checkpoint import (
+    _read_json,
+    atomic_dir,
+    hf_config_for,
+    model_kwargs_from_hf_config,
+    write_json,
+)
+from .lora import LoRALinear
+from .models.llama import HF_ARCHITECTURES, HFArchitecture, Transformer
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_peft_adapter", "save_peft_adapter"]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_PREFIX = "base_model.model."
+
+# adapter_config.json settings that change what the weights mean; loading refuses other values.
+_SUPPORTED = {
+    "use_dora": False,
+    "use_rslora": False,
+    "fan_in_fan_out": False,
+    "bias": "none",
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "lora_bias": False,
+}
+
+
+def save_peft_adapter(
+    model: Transformer, out_dir: str | Path, *, base_model: str, overwrite: bool = False
+) -> Path:
+    """Write the model's LoRA layers as a PEFT adapter for `base_model` (a hub name or path,
+    recorded as `base_model_name_or_path`). Returns `out_dir`; a non-empty one is replaced only
+    with `overwrite=True`. The model is not modified.
+    """
+    lora = {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not lora:
+        raise ValueError("the model has no LoRA layers to save (see runtime.lora.apply_lora)")
+    arch = _arch(model)
+    adapters: dict[str, tuple[Tensor, Tensor, float]] = {}  # PEFT module -> (A, B, alpha)
+    for path in lora:
+        hf_path, parts = _fused_path(path, arch)
+        if hf_path not in adapters:
+            adapters[hf_path] = _fused_adapter(model, hf_path, parts, lora)
+    # The most common (rank, alpha) is the default; the others go into PEFT's patterns.
+    ranks = {path: a.shape[0] for path, (a, _, _) in adapters.items()}
+    alphas = {path: alpha for path, (_, _, alpha) in adapters.items()}
+    rank, alpha = Counter((ranks[p], alphas[p]) for p in adapters).most_common(1)[0][0]
+    dropout = next(iter(lora.values())).dropout
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
+        "target_modules": sorted({path.rpartition(".")[2] for path in adapters}),
+        "rank_pattern": _patterns(ranks, rank),
+        "alpha_pattern": _patterns(alphas, alpha),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "use_dora": False,
+        "use_rslora": False,
+    }
+    tensors: dict[str, Tensor] = {}
+    for path, (a, b, _) in adapters.items():
+        tensors[f"{_PREFIX}{path}.lora_A.weight"] = a
+        tensors[f"{_PREFIX}{path}.lora_B.weight"] = b
+    out = Path(out_dir)
+    with atomic_dir(out, overwrite=overwrite) as temp:
+        _write_safetensors(_prepare_tensors(tensors), temp / ADAPTER_WEIGHTS)
+        write_json(temp / ADAPTER_CONFIG, config)
+    return out
+
+
+def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:
+    """Wrap the model's layers named by a PEFT LoRA adapter and load its weights; return the
+    wrapped module paths. The base weights are untouched (freeze them with
+    `mark_only_lora_trainable`). Adapters for fused Phi-3 modules are split onto q/k/v, gate/up.
+    """
+    folder = Path(adapter_dir)
+    config = _read_adapter_config(folder / ADAPTER_CONFIG)
+    try:
+        weights = load_file(folder / ADAPTER_WEIGHTS, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {_one_line(error)}"
+        ) from None
+    arch = _arch(model)
+    modules = dict(model.named_modules())
+    wrapped: list[str] = []
+    for hf_path, (a, b) in _adapter_pairs(weights, folder / ADAPTER_WEIGHTS).items():
+        rank = a.shape[0]
+        alpha = _pattern_value(config["alpha_pattern"], hf_path, config["lora_alpha"])
+        parts = _split_path(hf_path, arch)
+        rows = 0
+        for path in parts:
+            linear = modules.get(path)
+            if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
+                raise CheckpointError(
+                    f"{folder / ADAPTER_WEIGHTS}: module {hf_path!r} is not a linear layer of"
+                    " this model"
+                )
+            part_b = b[rows : rows + linear.out_features]
+            rows += linear.out_features
+            if a.shape[1] != linear.in_features or part_b.shape[0] != linear.out_features:
+                raise CheckpointError(
+                    f"{folder / ADAPTER_WEIGHTS}: the adapter of {hf_path!r} has shapes"
+                    f" {tuple(a.shape)}, {tuple(b.shape)}, which do not fit the model"
+                )
+            module = LoRALinear.from_linear(
+                linear, rank=rank, alpha=alpha, dropout=config["lora_dropout"]
+            )
+            with torch.no_grad():
+                module.lora_a.weight.copy_(a)
+                module.lora_b.weight.copy_(part_b)
+            parent, _, name = path.rpartition(".")
+            setattr(modules[parent] if parent else model, name, module)
+            wrapped.append(path)
+        if rows != b.shape[0]:
+            raise CheckpointError(
+                f"{folder / ADAPTER_WEIGHTS}: lora_B of {hf_path!r} has {b.shape[0]} rows, the"
+                f" model's layers {rows}"
+            )
+    done = set(wrapped)
+    return [path for path, _ in model.named_modules() if path in done]  # in model order
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _arch(model: Transformer) -> HFArchitecture:
+    """The HF architecture whose module names the adapter uses (the loaded checkpoint's)."""
+    config = model.hf_config or hf_config_for(model)
+    name, _ = model_kwargs_from_hf_config(config, max_seq_len=model.max_seq_len)
+    return HF_ARCHITECTURES[name]
+
+
+def _fused_path(path: str, arch: HFArchitecture) -> tuple[str, list[str]]:
+    """Our module path -> the checkpoint's module path and our paths fused into it."""
+    for fused, parts in arch.fused.items():
+        for part in parts:
+            if path.endswith(f".{part}"):
+                stem = path.removesuffix(part)
+                return stem + fused, [stem + p for p in parts]
+    return path, [path]
+
+
+def _split_path(hf_path: str, arch: HFArchitecture) -> list[str]:
+    for fused, parts in arch.fused.items():
+        if hf_path.endswith(f".{fused}"):
+            stem = hf_path.removesuffix(fused)
+            return [stem + part for part in parts]
+    return [hf_path]
+
+
+def _fused_adapter(
+    model: Transformer, hf_path: str, parts: list[str], lora: Mapping[str, LoRALinear]
+) -> tuple[Tensor, Tensor, float]:
+    """(A, B, alpha) of one PEFT module: a part's own, or the block-diagonal fusion of parts with
+    alpha raised so that alpha / (sum of ranks) is the parts' common scaling."""
+    if len(parts) == 1:
+        module = lora[parts[0]]
+        return module.lora_a.weight.detach(), module.lora_b.weight.detach(), module.alpha
+    modules = dict(model.named_modules())
+    with_lora = [lora[p] for p in parts if p in lora]
+    if len({m.scaling for m in with_lora}) != 1:
+        raise ValueError(
+            f"{hf_path}: the fused layers' LoRA scalings (alpha / rank) differ; PEFT needs one"
+        )
+    a = torch.cat([m.lora_a.weight.detach() for m in with_lora], dim=0)  # (sum r, in)
+    out_rows = [modules[p].out_features for p in parts]
+    b = a.new_zeros(sum(out_rows), a.shape[0])  # (sum out, sum r)
+    row = col = 0
+    for part, rows in zip(parts, out_rows, strict=True):
+        if part in lora:
+            rank = lora[part].rank
+            b[row : row + rows, col : col + rank] = lora[part].lora_b.weight.detach()
+            col += rank
+        row += rows
+    return a, b, with_lora[0].scaling * a.shape[0]
+
+
+def _patterns(values: Mapping[str, float], default: float) -> dict[str, float]:
+    """PEFT rank/alpha patterns for the modules whose value differs from the default: keyed by
+    layer name when all layers of that name agree, else by full module path."""
+    by_leaf: dict[str, set[float]] = {}
+    for path, value in values.items():
+        by_leaf.setdefault(path.rpartition(".")[2], set()).add(value)
+    patterns: dict[str, float] = {}
+    for path, value in values.items():
+        leaf = path.rpartition(".")[2]
+        if len(by_leaf[leaf]) == 1 and value != default:
+            patterns[leaf] = value
+        elif len(by_leaf[leaf]) > 1 and value != default:
+            patterns[re.escape(path)] = value
+    return patterns
+
+
+def _pattern_value(patterns: Mapping[str, Any], path: str, default: Any) -> Any:
+    """PEFT's lookup: the first pattern matching the end of the module path at a dot boundary."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
+
+
+def _read_adapter_config(path: Path) -> dict[str, Any]:
+    config = _read_json(path)
+    if config.get("peft_type") != "LORA":
+        raise CheckpointError(f"{path}: peft_type is {config.get('peft_type')!r}, not 'LORA'")
+    for key, value in _SUPPORTED.items():
+        got = config.get(key, value)
+        if got != value and got not in ([], {}):
+            raise CheckpointError(f"{path}: {key}={got!r} is not supported (only {value!r})")
+    for key in ("r", "lora_alpha"):
+        if not isinstance(config.get(key), (int, float)):
+            raise CheckpointError(f"{path}: {key} is missing or not a number")
+    config.setdefault("lora_dropout", 0.0)
+    config["alpha_pattern"] = config.get("alpha_pattern") or {}
+    return config
+
+
+def _adapter_pairs(weights: Mapping[str, Tensor], file: Path) -> dict[str, tuple[Tensor, Tensor]]:
+    """PEFT module path -> (lora_A weight, lora_B weight), checking that each has both."""
+    pairs: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in weights.items():
+        match = re.fullmatch(rf"{re.escape(_PREFIX)}(.+)\.lora_([AB])(?:\.default)?\.weight", key)
+        if not match:
+            raise CheckpointError(f"{file}: tensor {key!r} is not a LoRA A/B weight")
+        pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+    for path, pair in pairs.items():
+        if set(pair) != {"A", "B"} or pair["A"].shape[0] != pair["B"].shape[1]:
+            raise CheckpointError(f"{file}: module {path!r} lacks a matching lora_A / lora_B pair")
+    return {path: (pair["A"], pair["B"]) for path, pair in pairs.items()}
