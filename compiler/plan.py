@@ -77,6 +77,8 @@ class Plan:
     eval: bool
     activation_checkpointing: bool
     profiler: bool
+    export: bool
+    export_merged: bool
     spec_source: str
     spec_hash: str
     version: str
@@ -109,6 +111,8 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         eval=spec.eval is not None,
         activation_checkpointing=spec.training.activation_checkpointing,
         profiler=spec.profiler is not None,
+        export=spec.checkpoint.export_hf,
+        export_merged=spec.checkpoint.export_merged,
         spec_source=_config_path(parsed.path),
         spec_hash=hashlib.sha256(parsed.text.encode("utf-8")).hexdigest()[:12],
         version=tunegen_version(),
@@ -123,11 +127,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
     training, data = spec.training, spec.data
     output_dir = spec.checkpoint.output_dir or f"runs/{spec.name}"
     sections = [
-        Section(
-            "model",
-            f"the model: built-in {spec.model!r}",
-            (_component(f"tunegen.runtime.models.{spec.model}"),),
-        ),
+        Section("model", "the model to fine-tune", _model_items(spec, parsed)),
         Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed)),
     ]
     if spec.lora is not None or spec.method == "lora":
@@ -191,6 +191,14 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
         ),
         Section("training", "the optimisation loop", _training_items(spec)),
     ]
+    if spec.checkpoint.export_hf:
+        sections.append(
+            Section(
+                "export",
+                "the final model in Hugging Face format",
+                _export_items(spec, parsed, output_dir),
+            )
+        )
     if spec.eval is not None:
         sections.append(
             Section(
@@ -242,20 +250,61 @@ def _component(dotted: str) -> Entry:
     return Entry("_component_", dotted)
 
 
+def _is_builtin(spec: Spec) -> bool:
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    return spec.model in BUILTIN_MODELS
+
+
+def _checkpoint_dir(spec: Spec, parsed: ParsedSpec) -> str | None:
+    """The model's checkpoint dir as the config names it (None for a built-in model)."""
+    return None if _is_builtin(spec) else _config_path(resolve_spec_path(parsed, spec.model))
+
+
+def _model_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+    if _is_builtin(spec):
+        return (_component(f"tunegen.runtime.models.{spec.model}"),)
+    return (
+        _component("tunegen.runtime.load_model"),
+        Entry("path_or_name", _checkpoint_dir(spec, parsed), "Hugging Face checkpoint dir"),
+        Entry("dtype", "${environment.dtype}", "weights are loaded in this dtype"),
+        Entry(
+            "max_seq_len", spec.data.max_seq_len, "bounds the RoPE tables (= dataset.max_seq_len)"
+        ),
+    )
+
+
 def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
-    if spec.tokenizer is None:
+    if spec.tokenizer is None and _is_builtin(spec):
         return (
             _component("tunegen.runtime.tokenizers.builtin_tokenizer"),
             Entry("name", spec.model, "the tokenizer bundled with the built-in model"),
         )
-    return (
-        _component("tunegen.runtime.tokenizers.SentencePieceTokenizer"),
-        Entry(
-            "path",
-            _config_path(resolve_spec_path(parsed, spec.tokenizer)),
-            "sentencepiece model file",
-        ),
-    )
+    if spec.tokenizer is None:
+        path, comment = _checkpoint_dir(spec, parsed), "the checkpoint's own tokenizer"
+    else:
+        path = _config_path(resolve_spec_path(parsed, spec.tokenizer))
+        comment = "tokenizer.json dir, sentencepiece or tiktoken file"
+    return (_component("tunegen.runtime.tokenizers.load_tokenizer"), Entry("path", path, comment))
+
+
+def _export_items(spec: Spec, parsed: ParsedSpec, output_dir: str) -> tuple[Entry, ...]:
+    source = _checkpoint_dir(spec, parsed)
+    if spec.method != "lora":
+        return (
+            Entry("output_dir", f"{output_dir}/hf_model", "transformers loads this dir directly"),
+            Entry("source_dir", source, "config and tokenizer files are copied from here"),
+        )
+    items = [
+        Entry("output_dir", f"{output_dir}/peft_adapter", "peft.PeftModel loads this dir"),
+        Entry("base_model", source or spec.model, "recorded as the adapter's base model"),
+    ]
+    if spec.checkpoint.export_merged:
+        items += [
+            Entry("merged_output_dir", f"{output_dir}/hf_model", "the model with adapters merged in"),
+            Entry("source_dir", source, "config and tokenizer files are copied from here"),
+        ]
+    return tuple(items)
 
 
 def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:

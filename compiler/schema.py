@@ -128,6 +128,13 @@ class CheckpointSpec:
     resume: bool | str = option(
         False, "false, auto (latest checkpoint if any), true (latest, required) or a checkpoint dir"
     )
+    export_hf: bool = option(
+        True,
+        "at the end, write what transformers/peft load: full -> hf_model/, lora -> peft_adapter/",
+    )
+    export_merged: bool = option(
+        False, "lora: also write the model with adapters merged in, to hf_model/"
+    )
 
 
 @dataclass(frozen=True)
@@ -167,10 +174,12 @@ class Spec:
     method: Literal["full", "lora"] = option(
         doc="full: update every weight; lora: train low-rank adapters"
     )
-    model: str = option(doc="a built-in model name (tunegen ls lists them)")
+    model: str = option(
+        doc="a built-in model name (tunegen ls lists them) or a local Hugging Face checkpoint dir"
+    )
     data: DataSpec = option(doc="training data")
     tokenizer: str | None = option(
-        None, "tokenizer file, relative to the spec (null: the model's own)", kind="path"
+        None, "tokenizer file or dir, relative to the spec (null: the model's own)", kind="path"
     )
     lora: LoraSpec | None = option(
         None, "adapter settings (method: lora; defaults apply if omitted)"

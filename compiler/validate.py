@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import keyword
 import operator
 import re
@@ -25,6 +26,7 @@ from tunegen.runtime.errors import SpecError
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _MISSING = object()
 
@@ -159,15 +161,15 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     from tunegen.runtime.models import BUILTIN_MODELS, LINEAR_LAYER_NAMES
 
     if spec.model not in BUILTIN_MODELS:
-        names = ", ".join(sorted(BUILTIN_MODELS))
-        problem(
-            "model",
-            f"unknown model {spec.model!r}{_did_you_mean(spec.model, BUILTIN_MODELS, None)} (built-in: {names})",
-        )
+        _check_checkpoint_dir(spec, parsed, problem)
     if spec.method != "lora" and "lora" in parsed.values:
         problem("lora", f"only used with method: lora (this spec has method: {spec.method})")
     if spec.method == "lora" and spec.lora is not None:
         _check_lora_targets(spec.lora.targets, LINEAR_LAYER_NAMES, problem)
+    if spec.checkpoint.export_merged and spec.method != "lora":
+        problem("checkpoint.export_merged", "only used with method: lora")
+    if spec.checkpoint.export_merged and not spec.checkpoint.export_hf:
+        problem("checkpoint.export_merged", "needs checkpoint.export_hf: true")
     if spec.data.format != "instruct" and spec.data.train_on_input:
         problem("data.train_on_input", "only used with data.format: instruct")
     if "template" in parsed.values.get("data", {}) and spec.data.format != "instruct":
@@ -191,6 +193,40 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             f"expected true, false, auto or an existing checkpoint dir; {resume!r} is none of these",
         )
     _check_files(spec, parsed, problem)
+
+
+def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
+    """`model` names no built-in model, so it must be a supported Hugging Face checkpoint dir."""
+    from tunegen.runtime.errors import CheckpointError
+    from tunegen.runtime.hf_checkpoint import CONFIG_FILE, model_kwargs_from_hf_config
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    folder = resolve_spec_path(parsed, spec.model)
+    if not folder.is_dir():
+        close = _did_you_mean(spec.model, BUILTIN_MODELS, None)
+        names = ", ".join(sorted(BUILTIN_MODELS))
+        problem(
+            "model",
+            f"{spec.model!r} is not a built-in model{close} (built-in: {names}) nor a checkpoint dir",
+        )
+        return
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        problem("model", f"checkpoint dir {spec.model!r} has no {CONFIG_FILE}")
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        model_kwargs_from_hf_config(
+            config, where=str(config_file), max_seq_len=spec.data.max_seq_len
+        )
+    except (CheckpointError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        problem("model", str(exc))
+        return
+    if spec.tokenizer is None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        problem(
+            "tokenizer",
+            f"checkpoint dir {spec.model!r} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); set tokenizer:",
+        )
 
 
 def _check_lora_targets(targets: list[str], known: tuple[str, ...], problem: Any) -> None:

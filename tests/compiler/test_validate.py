@@ -73,7 +73,7 @@ def test_good_spec_validates_with_defaults(write_spec):
         ),
         (
             ("model: tiny", "model: tinyy"),
-            "spec.yaml:3: model: unknown model 'tinyy'; did you mean 'tiny'?",
+            "spec.yaml:3: model: 'tinyy' is not a built-in model; did you mean 'tiny'? (built-in: tiny) nor a checkpoint dir",
         ),
         (("train.jsonl", "nope.jsonl"), "spec.yaml:4: data.path: file 'data/nope.jsonl' not found"),
         (

@@ -26,6 +26,7 @@ from tunegen.runtime.environment import (
 from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.evaluation import exact_match_accuracy
 from tunegen.runtime.gradients import scale_grads
+from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.launch import load_recipe_config, run_main
 
 WEIGHTS_FILE = "model.safetensors"
@@ -188,6 +189,12 @@ class FullFinetuneRecipe:
         )
         self.saved_step = self.global_step
 
+    def export_model(self) -> None:
+        """Write the final model where transformers loads it directly."""
+        export = self.cfg.export
+        save_hf_checkpoint(self.model, export.output_dir, source_dir=export.source_dir)
+        self.metric_logger.log_text(f"model in HF format: {export.output_dir}")
+
     def evaluate(self) -> float:
         """Exact-match accuracy of greedy answers on the held-out prompts in `eval`."""
         accuracy = exact_match_accuracy(
@@ -213,6 +220,7 @@ def main(argv: list[str]) -> None:
     recipe.setup()
     before = recipe.evaluate()
     recipe.train()
+    recipe.export_model()
     after = recipe.evaluate()
     recipe.metric_logger.log_text(
         f"held-out exact match: {before:.1%} before training, {after:.1%} after"

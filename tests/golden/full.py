@@ -25,6 +25,7 @@ from tunegen.runtime.environment import (
 )
 from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.gradients import scale_grads
+from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.launch import load_recipe_config, run_main
 
 WEIGHTS_FILE = "model.safetensors"
@@ -187,6 +188,12 @@ class FullFinetuneRecipe:
         )
         self.saved_step = self.global_step
 
+    def export_model(self) -> None:
+        """Write the final model where transformers loads it directly."""
+        export = self.cfg.export
+        save_hf_checkpoint(self.model, export.output_dir, source_dir=export.source_dir)
+        self.metric_logger.log_text(f"model in HF format: {export.output_dir}")
+
     def cleanup(self) -> None:
         self.metric_logger.close()
 
@@ -198,6 +205,7 @@ def main(argv: list[str]) -> None:
     recipe = FullFinetuneRecipe(cfg)
     recipe.setup()
     recipe.train()
+    recipe.export_model()
     recipe.cleanup()
 
 

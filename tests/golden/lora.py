@@ -27,6 +27,7 @@ from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.gradients import scale_grads
 from tunegen.runtime.launch import load_recipe_config, run_main
 from tunegen.runtime.lora import apply_lora, lora_state_dict, mark_only_lora_trainable
+from tunegen.runtime.peft_export import save_peft_adapter
 
 # Only the adapters are saved: the base weights never change.
 WEIGHTS_FILE = "adapter.safetensors"
@@ -197,6 +198,12 @@ class LoRAFinetuneRecipe:
         )
         self.saved_step = self.global_step
 
+    def export_model(self) -> None:
+        """Write the final model where peft loads it directly."""
+        export = self.cfg.export
+        save_peft_adapter(self.model, export.output_dir, base_model=export.base_model)
+        self.metric_logger.log_text(f"adapter in PEFT format: {export.output_dir}")
+
     def cleanup(self) -> None:
         self.metric_logger.close()
 
@@ -208,6 +215,7 @@ def main(argv: list[str]) -> None:
     recipe = LoRAFinetuneRecipe(cfg)
     recipe.setup()
     recipe.train()
+    recipe.export_model()
     recipe.cleanup()
 
 
