@@ -301,7 +301,9 @@ def _export_items(spec: Spec, parsed: ParsedSpec, output_dir: str) -> tuple[Entr
     ]
     if spec.checkpoint.export_merged:
         items += [
-            Entry("merged_output_dir", f"{output_dir}/hf_model", "the model with adapters merged in"),
+            Entry(
+                "merged_output_dir", f"{output_dir}/hf_model", "the model with adapters merged in"
+            ),
             Entry("source_dir", source, "config and tokenizer files are copied from here"),
         ]
     return tuple(items)
