@@ -42,6 +42,7 @@ SCHEDULERS = {
 }
 DATASETS = {
     "instruct": "tunegen.runtime.data.InstructDataset",
+    "chat": "tunegen.runtime.data.ChatDataset",
     "text": "tunegen.runtime.data.TextDataset",
 }
 
@@ -316,7 +317,7 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
             "source", _config_path(resolve_spec_path(parsed, data.path)), "a .jsonl or .json file"
         ),
     ]
-    if data.format == "instruct":
+    if data.format in ("instruct", "chat"):
         items += [
             Entry("template", data.template, doc_of(DataSpec, "template")),
             Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input")),

@@ -62,15 +62,20 @@ class DataSpec:
     path: str = option(
         doc="training data: a .jsonl or .json file, relative to the spec", kind="path"
     )
-    format: Literal["instruct", "text"] = option(
-        "instruct", "instruct: instruction/input/output records; text: plain text records"
+    format: Literal["instruct", "chat", "text"] = option(
+        "instruct",
+        "instruct: instruction/input/output records; chat: messages or conversations; text: text",
     )
-    template: Literal["alpaca", "plain"] = option(
-        "alpaca", "prompt template for instruct data (alpaca or plain)"
+    template: Literal["alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"] = option(
+        "alpaca",
+        "instruct: alpaca or plain; chat: alpaca, llama3, chatml, mistral or tokenizer "
+        "(the checkpoint's own chat_template)",
     )
     max_seq_len: int = option(256, "samples are truncated to this many tokens", ge=8, le=1_048_576)
     column: str = option("text", "record field holding the text, for format: text")
-    train_on_input: bool = option(False, "also compute the loss on prompt tokens (instruct data)")
+    train_on_input: bool = option(
+        False, "also compute the loss on prompts and user turns (instruct and chat data)"
+    )
     shuffle: bool = option(True, "shuffle the samples every epoch (the order depends only on seed)")
 
 

@@ -26,6 +26,10 @@ from tunegen.runtime.errors import SpecError
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
 
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+TEMPLATES_BY_FORMAT = {
+    "instruct": ("alpaca", "plain"),
+    "chat": ("alpaca", "llama3", "chatml", "mistral", "tokenizer"),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _MISSING = object()
@@ -170,10 +174,16 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
         problem("checkpoint.export_merged", "only used with method: lora")
     if spec.checkpoint.export_merged and not spec.checkpoint.export_hf:
         problem("checkpoint.export_merged", "needs checkpoint.export_hf: true")
-    if spec.data.format != "instruct" and spec.data.train_on_input:
-        problem("data.train_on_input", "only used with data.format: instruct")
-    if "template" in parsed.values.get("data", {}) and spec.data.format != "instruct":
-        problem("data.template", "only used with data.format: instruct")
+    data = spec.data
+    if data.format == "text" and data.train_on_input:
+        problem("data.train_on_input", "only used with data.format: instruct or chat")
+    if data.format == "text" and "template" in parsed.values.get("data", {}):
+        problem("data.template", "only used with data.format: instruct or chat")
+    elif data.template not in TEMPLATES_BY_FORMAT.get(data.format, (data.template,)):
+        choices = ", ".join(TEMPLATES_BY_FORMAT[data.format])
+        problem("data.template", f"{data.template!r} is not a {data.format} template ({choices})")
+    if data.format != "instruct" and spec.eval is not None:
+        problem("eval", "exact-match evaluation needs data.format: instruct")
     training = spec.training
     if not _DEVICE.fullmatch(training.device):
         problem("training.device", f"{training.device!r} is not auto, cpu, cuda, cuda:N or mps")

@@ -1,5 +1,21 @@
 """Data loading for the generated recipes: files -> token ids -> padded batches."""
 
+from tunegen.runtime.data.chat import (
+    ChatDataset,
+    chat_prompt_tokens,
+    read_chat_examples,
+    read_conversations,
+)
+from tunegen.runtime.data.chat_templates import (
+    CHAT_TEMPLATE_NAMES,
+    CHAT_TEMPLATES,
+    TOKENIZER_TEMPLATE,
+    ChatTemplate,
+    Message,
+    Segment,
+    chat_segments,
+    generation_prompt,
+)
 from tunegen.runtime.data.collate import IGNORE_INDEX, padded_collate
 from tunegen.runtime.data.instruct import InstructDataset, read_instruct_examples
 from tunegen.runtime.data.jsonl import (
@@ -13,14 +29,26 @@ from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
 from tunegen.runtime.data.text import TextDataset
 
 __all__ = [
+    "CHAT_TEMPLATES",
+    "CHAT_TEMPLATE_NAMES",
     "IGNORE_INDEX",
     "PROMPT_TEMPLATES",
+    "TOKENIZER_TEMPLATE",
+    "ChatDataset",
+    "ChatTemplate",
     "InstructDataset",
+    "Message",
     "NumberedRecord",
     "PromptTemplate",
     "ResumableSampler",
+    "Segment",
     "TextDataset",
+    "chat_prompt_tokens",
+    "chat_segments",
+    "generation_prompt",
     "padded_collate",
+    "read_chat_examples",
+    "read_conversations",
     "read_instruct_examples",
     "read_numbered_records",
     "read_records",
