@@ -76,6 +76,31 @@ class SentencePieceTokenizer:
         ids = self._sp.encode(text)
         return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`, skipping BOS, EOS and padding wherever they occur."""
-        return self._sp.decode([int(i) for i in ids if int(i) not in self._special])
+    @property
+    def chat_template(self) -> str | None:
+        """A bare sentencepiece model carries no chat template."""
+        return None
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of piece `token`, or None if the vocabulary lacks it."""
+        piece_id = self._sp.piece_to_id(token)
+        return (
+            None
+            if piece_id == self._sp.unk_id() and token != self._sp.id_to_piece(piece_id)
+            else piece_id
+        )
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of `ids`; BOS, EOS and padding are dropped unless `skip_special_tokens` is False."""
+        if skip_special_tokens:
+            return self._sp.decode([int(i) for i in ids if int(i) not in self._special])
+        # sentencepiece renders control tokens as "", so write those pieces out by hand.
+        parts: list[str] = []
+        run: list[int] = []
+        for i in map(int, ids):
+            if i in self._special:
+                parts += [self._sp.decode(run), self._sp.id_to_piece(i)]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*parts, self._sp.decode(run)])

@@ -134,3 +134,16 @@ def test_error_messages_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError) as info:
         SentencePieceTokenizer(bad)
     assert "\n" not in str(info.value)
+
+
+def test_sentencepiece_tokenizer_follows_the_protocol():
+    from tunegen.runtime.tokenizers import Tokenizer, builtin_tokenizer
+
+    tok = builtin_tokenizer("tiny")
+    assert isinstance(tok, Tokenizer)
+    assert tok.chat_template is None
+    assert tok.token_to_id("<s>") == tok.bos_id
+    assert tok.token_to_id("no-such-piece-xyz") is None
+    ids = tok.encode("Reverse the words.")
+    assert tok.decode(ids) == "Reverse the words."
+    assert tok.decode(ids, skip_special_tokens=False) == "<s>Reverse the words.</s>"
