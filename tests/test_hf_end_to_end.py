@@ -100,3 +100,43 @@ def test_lora_on_a_hf_checkpoint_exports_an_adapter_peft_loads(workdir):
         assert torch.allclose(merged(tokens).logits, expected, atol=1e-4)
     # the merged export carries the checkpoint's tokenizer
     assert (Path("runs/hf_lora/hf_model") / "tokenizer.json").is_file()
+
+
+CHAT_SPEC = """\
+name: hf_chat
+method: full
+model: checkpoint
+data: {path: data/chat.jsonl, format: chat, template: tokenizer, max_seq_len: 96}
+training: {max_steps: 3, batch_size: 2, lr: 1e-3}
+checkpoint: {output_dir: runs/hf_chat}
+"""
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_full_fine_tune_on_chat_data_with_the_checkpoints_own_template(workdir):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"hi {i}"},
+                {"role": "assistant", "content": f"ok {i}"},
+            ]
+        }
+        for i in range(8)
+    ]
+    Path("data").mkdir()
+    Path("data/chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    make_checkpoint(Path("checkpoint"), [f"hi ok {i} user assistant" for i in range(50)])
+    config_path = Path("checkpoint/tokenizer_config.json")
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = CHATML
+    config_path.write_text(json.dumps(config))
+    Path("spec.yaml").write_text(CHAT_SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    run = tunegen("run", "generated/hf_chat.py")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(losses(Path("runs/hf_chat/metrics.jsonl"))) == [1, 2, 3]
+    exported = transformers.AutoModelForCausalLM.from_pretrained("runs/hf_chat/hf_model")
+    assert exported.config.num_hidden_layers == 2
