@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -40,6 +41,9 @@ SCHEDULERS = {
     "linear": "tunegen.runtime.schedulers.linear_with_warmup",
     "constant": "tunegen.runtime.schedulers.constant_with_warmup",
 }
+# Everything a run writes lives under the checkpointer's output_dir, so overriding that one key
+# moves the whole run.
+RUN_DIR = "${checkpointer.output_dir}"
 DATASETS = {
     "instruct": "tunegen.runtime.data.InstructDataset",
     "chat": "tunegen.runtime.data.ChatDataset",
@@ -126,7 +130,7 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
 def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
     """The generated config, section by section in the order the recipe uses them."""
     training, data = spec.training, spec.data
-    output_dir = spec.checkpoint.output_dir or f"runs/{spec.name}"
+    output_dir = _text(spec.checkpoint.output_dir or f"runs/{spec.name}")
     sections = [
         Section("model", "the model to fine-tune", _model_items(spec, parsed)),
         Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed)),
@@ -197,7 +201,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             Section(
                 "export",
                 "the final model in Hugging Face format",
-                _export_items(spec, parsed, output_dir),
+                _export_items(spec, parsed),
             )
         )
     if spec.eval is not None:
@@ -211,7 +215,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             Section(
                 "profiler",
                 ProfilerSpec.__doc__.strip().rstrip("."),
-                _profiler_items(spec.profiler, output_dir),
+                _profiler_items(spec.profiler),
             )
         )
     sections += [
@@ -224,7 +228,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
                     "",
                     (
                         _component("tunegen.runtime.metric_logging.MetricLogger"),
-                        Entry("log_dir", output_dir, "metrics.jsonl is appended here"),
+                        Entry("log_dir", RUN_DIR, "metrics.jsonl is appended here"),
                     ),
                 ),
                 Entry(
@@ -289,22 +293,20 @@ def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     return (_component("tunegen.runtime.tokenizers.load_tokenizer"), Entry("path", path, comment))
 
 
-def _export_items(spec: Spec, parsed: ParsedSpec, output_dir: str) -> tuple[Entry, ...]:
+def _export_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     source = _checkpoint_dir(spec, parsed)
     if spec.method != "lora":
         return (
-            Entry("output_dir", f"{output_dir}/hf_model", "transformers loads this dir directly"),
+            Entry("output_dir", f"{RUN_DIR}/hf_model", "transformers loads this dir directly"),
             Entry("source_dir", source, "config and tokenizer files are copied from here"),
         )
     items = [
-        Entry("output_dir", f"{output_dir}/peft_adapter", "peft.PeftModel loads this dir"),
+        Entry("output_dir", f"{RUN_DIR}/peft_adapter", "peft.PeftModel loads this dir"),
         Entry("base_model", source or spec.model, "recorded as the adapter's base model"),
     ]
     if spec.checkpoint.export_merged:
         items += [
-            Entry(
-                "merged_output_dir", f"{output_dir}/hf_model", "the model with adapters merged in"
-            ),
+            Entry("merged_output_dir", f"{RUN_DIR}/hf_model", "the model with adapters merged in"),
             Entry("source_dir", source, "config and tokenizer files are copied from here"),
         ]
     return tuple(items)
@@ -323,7 +325,7 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
             Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input")),
         ]
     else:
-        items.append(Entry("column", data.column, doc_of(DataSpec, "column")))
+        items.append(Entry("column", _text(data.column), doc_of(DataSpec, "column")))
     items.append(Entry("max_seq_len", data.max_seq_len, doc_of(DataSpec, "max_seq_len")))
     return tuple(items)
 
@@ -363,10 +365,10 @@ def _eval_items(eval_spec: EvalSpec, data: DataSpec, parsed: ParsedSpec) -> tupl
     )
 
 
-def _profiler_items(profiler: ProfilerSpec, output_dir: str) -> tuple[Entry, ...]:
+def _profiler_items(profiler: ProfilerSpec) -> tuple[Entry, ...]:
     return (
         _component("tunegen.runtime.profiling.Profiler"),
-        Entry("output_dir", f"{output_dir}/profile", "trace.json and key_averages.txt go here"),
+        Entry("output_dir", f"{RUN_DIR}/profile", "trace.json and key_averages.txt go here"),
         *(
             Entry(k, getattr(profiler, k), doc_of(ProfilerSpec, k))
             for k in ("wait_steps", "warmup_steps", "active_steps")
@@ -378,6 +380,14 @@ def _config_path(path: Path) -> str:
     """A path as the config should hold it: relative to the working directory when inside it."""
     path = Path(os.path.abspath(path))
     try:
-        return path.relative_to(Path.cwd()).as_posix()
+        return _text(path.relative_to(Path.cwd()).as_posix())
     except ValueError:
-        return path.as_posix()
+        return _text(path.as_posix())
+
+
+def _text(value: str) -> str:
+    """Spec text as a config value that OmegaConf reads back verbatim, never as interpolation.
+
+    OmegaConf escapes `${` as `\\${`, and the backslashes just before it must be doubled.
+    """
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)

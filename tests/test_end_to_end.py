@@ -83,8 +83,7 @@ def test_full_resume_continues_with_identical_steps_and_losses(demo_workdir):
     shutil.copytree("runs/e2e_full/step_000006", interrupted / "step_000006")
     out = run_recipe(
         recipe,
-        "checkpointer.output_dir=runs/interrupted",
-        "logging.metric_logger.log_dir=runs/interrupted",
+        "checkpointer.output_dir=runs/interrupted",  # the metrics and exports follow it
         "training.resume=auto",
     )
     assert "resumed from" in out.stdout

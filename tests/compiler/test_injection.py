@@ -15,6 +15,7 @@ import re
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from tunegen.compiler.parse import parse_spec_text
 from tunegen.compiler.pipeline import Compiled, compile_spec
@@ -32,7 +33,18 @@ nasty = st.text(
     min_size=1,
     max_size=40,
 ) | st.sampled_from(
-    ['"""', "'''", "\n__import__('os').system('x')\n", "a: b", "#", "${oc.env:HOME}"]
+    [
+        '"""',
+        "'''",
+        "\n__import__('os').system('x')\n",
+        "a: b",
+        "#",
+        "${oc.env:HOME}",
+        "\\${x}",
+        "a\\",
+        "${",
+        "\\",
+    ]
 )
 
 
@@ -60,10 +72,12 @@ def test_free_text_fields_stay_data(tmp_path, column, output_dir):
     fuzzed = compile_with(tmp_path, column, output_dir)
     # Only the header's spec hash may differ.
     assert _without_hash(fuzzed.rendered.recipe) == _without_hash(plain.rendered.recipe)
-    config = yaml.safe_load(fuzzed.rendered.config)
+    # What the recipe reads: the YAML as OmegaConf resolves it (no text turns into interpolation).
+    config = OmegaConf.to_container(OmegaConf.create(fuzzed.rendered.config), resolve=True)
     assert config["dataset"]["column"] == column
     assert config["checkpointer"]["output_dir"] == output_dir
     assert config["logging"]["metric_logger"]["log_dir"] == output_dir
+    assert config["export"]["output_dir"] == f"{output_dir}/hf_model"
 
 
 def test_a_hostile_spec_file_name_stays_inside_the_header_comment(tmp_path):
