@@ -141,7 +141,7 @@ class LoRAFinetuneRecipe:
             steps_left = self.total_steps - self.global_step
             for _ in range(min(self.steps_per_epoch - step_in_epoch, steps_left)):
                 step_start = time.perf_counter()
-                loss_sum, num_tokens = 0.0, 0
+                loss_sum, num_tokens, num_inputs = 0.0, 0, 0
                 for _ in range(grad_accum):
                     batch = next(batches)
                     tokens = batch["tokens"].to(self.device)  # (B, T)
@@ -151,6 +151,7 @@ class LoRAFinetuneRecipe:
                     batch_loss.backward()
                     loss_sum += batch_loss.item()
                     num_tokens += int(batch_tokens)
+                    num_inputs += tokens.numel()
                 # The loss is a sum over tokens. Dividing the gradients by the window's
                 # token count keeps accumulation exact for batches of unequal length.
                 scale_grads(self.model, 1.0 / max(num_tokens, 1))
@@ -163,7 +164,7 @@ class LoRAFinetuneRecipe:
                 self._log_step(
                     loss=loss_sum / max(num_tokens, 1),
                     grad_norm=grad_norm.item(),
-                    tokens_per_s=num_tokens / (time.perf_counter() - step_start),
+                    tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
                 )
                 self.lr_scheduler.step()
                 self._save_if_due()
