@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from tunegen.runtime.data.chat_templates import (
     CHAT_TEMPLATE_NAMES,
     CHAT_TEMPLATES,
@@ -33,6 +31,7 @@ from tunegen.runtime.data.chat_templates import (
     generation_prompt,
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX
+from tunegen.runtime.data.examples import TokenizedExamples
 from tunegen.runtime.data.jsonl import _json_type, read_numbered_records
 from tunegen.runtime.errors import DataError, TokenizerError
 from tunegen.runtime.tokenizers.base import Tokenizer
@@ -70,7 +69,7 @@ def chat_prompt_tokens(
     return tokenizer.encode(text, add_bos=False, add_eos=False)
 
 
-class ChatDataset(Dataset):
+class ChatDataset(TokenizedExamples):
     """Tokenized conversations; item i is `{"tokens": [...], "labels": [...]}`.
 
     `template` is a built-in chat template (`llama3`, `chatml`, `mistral`, `alpaca`) or
@@ -87,13 +86,10 @@ class ChatDataset(Dataset):
         max_seq_len: int,
         train_on_input: bool = False,
     ) -> None:
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+        super().__init__(max_seq_len)
         _check_tokenizer(tokenizer, template)
         template_args = _template_args(tokenizer, template)
         name = os.fspath(source)
-        self.examples: list[tuple[list[int], list[int]]] = []
-        self.num_dropped = 0
         for line, messages in read_conversations(source):
             try:
                 segments = chat_segments(messages, template, **template_args)
@@ -101,25 +97,8 @@ class ChatDataset(Dataset):
                 raise DataError(f"{name}:{line}: {e}") from e
             if train_on_input:
                 segments = [Segment(s.text, True) for s in segments]
-            tokens, labels = _tokenize(tokenizer, segments)
-            tokens, labels = tokens[:max_seq_len], labels[:max_seq_len]
-            # labels[0] is never a target once the loss shifts, so it cannot keep a record alive.
-            if all(label == IGNORE_INDEX for label in labels[1:]):
-                self.num_dropped += 1
-                continue
-            self.examples.append((tokens, labels))
-        if not self.examples:
-            raise DataError(
-                f"data file '{name}': all {self.num_dropped} records are longer than "
-                f"max_seq_len={max_seq_len} before their first assistant reply"
-            )
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        tokens, labels = self.examples[index]
-        return {"tokens": tokens, "labels": labels}
+            self.add(*_tokenize(tokenizer, segments))
+        self.require_examples(name, "their first assistant reply")
 
 
 # -- records -------------------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from tunegen.runtime.data.collate import IGNORE_INDEX
+from tunegen.runtime.data.examples import TokenizedExamples
 from tunegen.runtime.data.jsonl import read_numbered_records, require_fields
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
-from tunegen.runtime.errors import DataError
 from tunegen.runtime.tokenizers.sentencepiece import SentencePieceTokenizer
 
 __all__ = ["InstructDataset", "read_instruct_examples"]
@@ -53,7 +51,7 @@ def read_instruct_examples(
     return _formatted(source, template)
 
 
-class InstructDataset(Dataset):
+class InstructDataset(TokenizedExamples):
     """Tokenized instruction records; item i is `{"tokens": [...], "labels": [...]}`.
 
     Records whose response is truncated away entirely (a prompt longer than `max_seq_len`) would
@@ -69,30 +67,10 @@ class InstructDataset(Dataset):
         max_seq_len: int,
         train_on_input: bool = False,
     ) -> None:
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
-        self.examples: list[tuple[list[int], list[int]]] = []
-        self.num_dropped = 0
+        super().__init__(max_seq_len)
         for prompt, response in _formatted(source, template):
             prompt_ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
             response_ids = tokenizer.encode(response, add_bos=False, add_eos=True)
             prompt_labels = prompt_ids if train_on_input else [IGNORE_INDEX] * len(prompt_ids)
-            tokens = (prompt_ids + response_ids)[:max_seq_len]
-            labels = (prompt_labels + response_ids)[:max_seq_len]
-            # labels[0] is never a target once the loss shifts, so it cannot keep a record alive.
-            if all(label == IGNORE_INDEX for label in labels[1:]):
-                self.num_dropped += 1
-                continue
-            self.examples.append((tokens, labels))
-        if not self.examples:
-            raise DataError(
-                f"data file '{source}': all {self.num_dropped} records are longer than "
-                f"max_seq_len={max_seq_len} before their response starts"
-            )
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        tokens, labels = self.examples[index]
-        return {"tokens": tokens, "labels": labels}
+            self.add(prompt_ids + response_ids, prompt_labels + response_ids)
+        self.require_examples(str(source), "their response starts")
