@@ -168,7 +168,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             "dataloader",
             "how samples are batched",
             (
-                Entry("batch_size", training.batch_size, doc_of(TrainingSpec, "batch_size")),
+                Entry("batch_size", "${training.batch_size}", "set in training.batch_size"),
                 Entry("shuffle", data.shuffle, doc_of(DataSpec, "shuffle")),
             ),
         ),
@@ -177,8 +177,8 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             "updates the trainable parameters",
             (
                 _component("torch.optim.AdamW"),
-                Entry("lr", training.lr, doc_of(TrainingSpec, "lr")),
-                Entry("weight_decay", training.weight_decay, doc_of(TrainingSpec, "weight_decay")),
+                Entry("lr", "${training.lr}", "set in training.lr"),
+                Entry("weight_decay", "${training.weight_decay}", "set in training.weight_decay"),
             ),
         ),
         Section(
@@ -186,7 +186,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             f"{training.scheduler} learning-rate schedule with linear warmup",
             (
                 _component(SCHEDULERS[training.scheduler]),
-                Entry("warmup_steps", training.warmup_steps, doc_of(TrainingSpec, "warmup_steps")),
+                Entry("warmup_steps", "${training.warmup_steps}", "set in training.warmup_steps"),
             ),
         ),
         Section(
@@ -332,10 +332,16 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
 
 def _training_items(spec: Spec) -> tuple[Entry, ...]:
     training, checkpoint = spec.training, spec.checkpoint
+    # The knobs users turn most live here, as in the spec (`training.lr=1e-4` on the command
+    # line); the component sections refer to them by interpolation.
     items = [
         Entry("epochs", training.epochs, doc_of(TrainingSpec, "epochs")),
         Entry("max_steps", training.max_steps, doc_of(TrainingSpec, "max_steps")),
+        Entry("batch_size", training.batch_size, doc_of(TrainingSpec, "batch_size")),
         Entry("grad_accum", training.grad_accum, doc_of(TrainingSpec, "grad_accum")),
+        Entry("lr", training.lr, doc_of(TrainingSpec, "lr")),
+        Entry("weight_decay", training.weight_decay, doc_of(TrainingSpec, "weight_decay")),
+        Entry("warmup_steps", training.warmup_steps, doc_of(TrainingSpec, "warmup_steps")),
     ]
     if training.clip_grad_norm is not None:
         items.append(

@@ -50,7 +50,7 @@ def test_invalid_spec_exits_2_with_one_line_and_writes_nothing(demo_workdir):
 def test_run_applies_overrides_and_trains(demo_workdir):
     Path("spec.yaml").write_text(SPEC)
     assert tunegen("new", "--spec", "spec.yaml").returncode == 0
-    result = tunegen("run", "generated/cli_recipe.py", "training.max_steps=2", "optimizer.lr=1e-3")
+    result = tunegen("run", "generated/cli_recipe.py", "training.max_steps=2", "training.lr=1e-3")
     assert result.returncode == 0, result.stderr
     assert re.search(r"^step +2 \| loss \d", result.stdout, re.MULTILINE), result.stdout
     assert Path("runs/cli_recipe/step_000002/adapter.safetensors").is_file()
@@ -165,3 +165,14 @@ def test_usage_errors_exit_2(workdir):
     missing = tunegen("new", "--spec", "nope.yaml")
     assert missing.returncode == 2 and missing.stderr == "error: nope.yaml: spec file not found\n"
     assert tunegen("run", "nope.py").returncode == 2
+
+
+def test_interpolated_training_keys_are_type_checked(demo_workdir):
+    Path("spec.yaml").write_text(SPEC)
+    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    bad = tunegen("validate", "generated/cli_recipe.yaml", "training.lr=fast")
+    assert bad.returncode == 2 and "optimizer.lr" in bad.stderr and "fast" in bad.stderr
+    ok = tunegen(
+        "validate", "generated/cli_recipe.yaml", "training.lr=1e-4", "training.batch_size=8"
+    )
+    assert ok.returncode == 0, ok.stderr
