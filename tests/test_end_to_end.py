@@ -133,3 +133,27 @@ def test_activation_checkpointing_and_profiler(demo_workdir):
     profile = Path("runs/e2e_ac/profile")
     assert (profile / "trace.json").stat().st_size > 1000
     assert "aten::" in (profile / "key_averages.txt").read_text()
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(demo_workdir):
+    recipe, _ = make_recipe("full", steps=12, save_every=2, lr=1e-3)
+    # An absurd learning rate blows the weights up within a few steps.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(recipe),
+            "--config",
+            str(recipe.with_suffix(".yaml")),
+            "training.lr=1e30",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and "the loss is nan" in message[0], message
+    failed_step = int(message[0].split("step ")[1].split(":")[0])
+    saved = sorted(p.name for p in Path("runs/e2e_full").glob("step_*"))
+    assert saved and int(saved[-1].removeprefix("step_")) < failed_step
+    assert not Path("runs/e2e_full/hf_model").exists()

@@ -28,6 +28,7 @@ from tunegen.runtime.evaluation import exact_match_accuracy
 from tunegen.runtime.gradients import scale_grads
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.launch import load_recipe_config, run_main
+from tunegen.runtime.numerics import check_finite_loss
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -143,6 +144,7 @@ class FullFinetuneRecipe:
                     loss_sum += batch_loss.item()
                     num_tokens += int(batch_tokens)
                     num_inputs += tokens.numel()
+                check_finite_loss(loss_sum, step=self.global_step + 1)
                 # The loss is a sum over tokens. Dividing the gradients by the window's
                 # token count keeps accumulation exact for batches of unequal length.
                 scale_grads(self.model, 1.0 / max(num_tokens, 1))

@@ -27,6 +27,7 @@ from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.gradients import scale_grads
 from tunegen.runtime.launch import load_recipe_config, run_main
 from tunegen.runtime.lora import apply_lora, lora_state_dict, mark_only_lora_trainable
+from tunegen.runtime.numerics import check_finite_loss
 from tunegen.runtime.peft_export import save_peft_adapter
 
 # Only the adapters are saved: the base weights never change.
@@ -152,6 +153,7 @@ class LoRAFinetuneRecipe:
                     loss_sum += batch_loss.item()
                     num_tokens += int(batch_tokens)
                     num_inputs += tokens.numel()
+                check_finite_loss(loss_sum, step=self.global_step + 1)
                 # The loss is a sum over tokens. Dividing the gradients by the window's
                 # token count keeps accumulation exact for batches of unequal length.
                 scale_grads(self.model, 1.0 / max(num_tokens, 1))
