@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["FORMAT_VERSION", "Checkpointer", "load_weights_into"]
+__all__ = ["FORMAT_VERSION", "Checkpointer", "load_weights_into", "read_safetensors"]
 
 FORMAT_VERSION = 1
 """Version of the step-dir layout and `checkpoint.json` fields; bumped on incompatible changes."""
@@ -232,12 +232,7 @@ class Checkpointer:
         if filename not in files:
             held = ", ".join(name for name in files if name != _RECIPE_STATE) or "no weights"
             raise CheckpointError(f"checkpoint {path} has no {filename} (it holds {held})")
-        try:
-            tensors = load_file(path / filename, device="cpu")
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(
-                f"{path / filename} is not a readable safetensors file: {_one_line(error)}"
-            ) from None
+        tensors = read_safetensors(path / filename)
         recipe_state = None
         if _RECIPE_STATE in files:
             try:
@@ -249,6 +244,16 @@ class Checkpointer:
                     f"{path / _RECIPE_STATE} cannot be loaded safely: {_one_line(error)}"
                 ) from None
         return tensors, recipe_state
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, on CPU; a missing or broken file is a CheckpointError."""
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file: {_one_line(error)}"
+        ) from None
 
 
 def load_weights_into(

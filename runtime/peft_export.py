@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .checkpointing import _one_line, _prepare_tensors, _write_safetensors
+from .checkpointing import _prepare_tensors, _write_safetensors, read_safetensors
 from .errors import CheckpointError
 from .hf_checkpoint import (
     _read_json,
@@ -112,12 +110,7 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:
     """
     folder = Path(adapter_dir)
     config = _read_adapter_config(folder / ADAPTER_CONFIG)
-    try:
-        weights = load_file(folder / ADAPTER_WEIGHTS, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {_one_line(error)}"
-        ) from None
+    weights = read_safetensors(folder / ADAPTER_WEIGHTS)
     arch = _arch(model)
     modules = dict(model.named_modules())
     wrapped: list[str] = []
