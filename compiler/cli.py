@@ -3,6 +3,7 @@
     tunegen new --spec lora.yaml        compile a spec into generated/<name>.py and .yaml
     tunegen validate FILE [key=value]   check a spec or a generated config without loading weights
     tunegen run RECIPE [--config F] [key=value ...]
+    tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
     tunegen ls                          built-in specs, methods and models
     tunegen cp NAME DEST                copy a built-in spec to edit
 
@@ -11,6 +12,7 @@ Every user error is one line on stderr and exit status 2; `--debug` shows the tr
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from importlib.resources import files
@@ -136,6 +138,55 @@ def run(
     sys.argv = [str(recipe), *argv]
     sys.path.insert(0, str(recipe.resolve().parent))
     runpy.run_path(str(recipe), run_name="__main__")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A spec, or a generated config.")],
+    show: Annotated[
+        int | None,
+        typer.Option(
+            "--show", min=0, help="Samples to print token by token (default 3; 1 with --packed)."
+        ),
+    ] = None,
+    packed: Annotated[
+        bool, typer.Option("--packed", help="Show packed sequences with document boundaries.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print only the statistics, as one JSON object.")
+    ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Write every sample's input_ids and labels to this .jsonl."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the --export file.")] = False,
+) -> None:
+    """Show the training data as the recipe will see it: samples, statistics, export.
+
+    Extra `key=value` / `~key` arguments override the config, as in `tunegen run`.
+    """
+    from tunegen.compiler import data as data_cmd
+
+    if not path.is_file():
+        raise TunegenError(f"{path}: file not found")
+    cfg = data_cmd.load_data_config(path, ctx.args, is_spec=_is_spec(path))
+    view = data_cmd.build_data_view(cfg)
+    stats = data_cmd.stats_of(view)
+    if export is not None:
+        count = data_cmd.export_jsonl(view.dataset, export, force=force)
+        typer.echo(f"wrote {count:,} samples to {export}", err=as_json)
+    if as_json:
+        typer.echo(json.dumps(stats.to_dict()))
+        return
+    style = data_cmd.Style(color=data_cmd.use_color())
+    count = (1 if packed else 3) if show is None else show
+    if count:
+        typer.echo(style.legend)
+    for i in range(count if packed else min(count, len(view.dataset))):
+        render = data_cmd.render_pack if packed else data_cmd.render_sample
+        typer.echo(render(view, i, style))
+    typer.echo(data_cmd.format_stats(stats, source=view.source))
 
 
 @app.command("ls")

@@ -74,7 +74,7 @@ class ChatDataset(TokenizedExamples):
 
     `template` is a built-in chat template (`llama3`, `chatml`, `mistral`, `alpaca`) or
     `tokenizer` for the tokenizer's own. Records whose replies are all truncated away would train
-    nothing, so they are dropped and counted in `num_dropped`.
+    nothing, so they are dropped and listed in `dropped`.
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class ChatDataset(TokenizedExamples):
                 raise DataError(f"{name}:{line}: {e}") from e
             if train_on_input:
                 segments = [Segment(s.text, True) for s in segments]
-            self.add(*_tokenize(tokenizer, segments))
+            self.add(*_tokenize(tokenizer, segments), line=line)
         self.require_examples(name, "their first assistant reply")
 
 

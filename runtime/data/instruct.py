@@ -34,28 +34,28 @@ def _template(name: str) -> PromptTemplate:
     return PROMPT_TEMPLATES[name]
 
 
-def _formatted(source: str | Path, template: str) -> list[tuple[str, str]]:
-    """(prompt, response) for every record of `source`, after checking its fields."""
+def _formatted(source: str | Path, template: str) -> list[tuple[int, str, str]]:
+    """(line, prompt, response) for every record of `source`, after checking its fields."""
     fmt = _template(template)
-    pairs = []
+    formatted = []
     for line, record in read_numbered_records(source):
         require_fields(record, _REQUIRED, path=source, line=line, optional=_OPTIONAL)
-        pairs.append(fmt.format(record))
-    return pairs
+        formatted.append((line, *fmt.format(record)))
+    return formatted
 
 
 def read_instruct_examples(
     source: str | Path, *, template: str = "alpaca"
 ) -> list[tuple[str, str]]:
     """(prompt_text, expected_response) pairs, for evaluation by generation."""
-    return _formatted(source, template)
+    return [(prompt, response) for _, prompt, response in _formatted(source, template)]
 
 
 class InstructDataset(TokenizedExamples):
     """Tokenized instruction records; item i is `{"tokens": [...], "labels": [...]}`.
 
     Records whose response is truncated away entirely (a prompt longer than `max_seq_len`) would
-    train nothing, so they are dropped and counted in `num_dropped`.
+    train nothing, so they are dropped and listed in `dropped`.
     """
 
     def __init__(
@@ -68,9 +68,9 @@ class InstructDataset(TokenizedExamples):
         train_on_input: bool = False,
     ) -> None:
         super().__init__(max_seq_len)
-        for prompt, response in _formatted(source, template):
+        for line, prompt, response in _formatted(source, template):
             prompt_ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
             response_ids = tokenizer.encode(response, add_bos=False, add_eos=True)
             prompt_labels = prompt_ids if train_on_input else [IGNORE_INDEX] * len(prompt_ids)
-            self.add(prompt_ids + response_ids, prompt_labels + response_ids)
+            self.add(prompt_ids + response_ids, prompt_labels + response_ids, line=line)
         self.require_examples(str(source), "their response starts")
