@@ -9,12 +9,15 @@ Nothing can be downloaded, so every file the README demo needs is made here, det
 Outputs (paths relative to the root):
     specs/data/demo_train.jsonl      4000 Alpaca-style records
     specs/data/demo_heldout.jsonl    200 records whose (instruction, input) never occur in training
+    specs/data/demo_preference.jsonl 1000 DPO pairs {"prompt", "chosen", "rejected"}, none held out
     runtime/assets/tiny/corpus.txt   the English half of the tokenizer's training text
     runtime/assets/tiny/tokenizer.model
 
 The tasks are chosen so that a ~3 M parameter model trained from random init learns them in a few
 minutes on a CPU and generalises: every answer is copied, reordered or selected from the input, over a
 small vocabulary of short words and digits, so held-out records are new combinations of known parts.
+The preference pairs pit each correct answer against a plausible wrong one (another task's answer
+to the same items, a wrong item, or one item too few or too many), so DPO has something to prefer.
 """
 
 from __future__ import annotations
@@ -31,11 +34,22 @@ import sentencepiece as spm
 
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["TASKS", "WORDS", "make_corpus", "make_records", "train_tokenizer", "write_assets"]
+__all__ = [
+    "TASKS",
+    "WORDS",
+    "make_corpus",
+    "make_preference_records",
+    "make_records",
+    "train_tokenizer",
+    "write_assets",
+    "wrong_answer",
+]
 
 SEED = 1234
 NUM_TRAIN = 4000
 NUM_HELDOUT = 200
+NUM_PREFERENCE = 1000
+PREFERENCE_SEED = 4321  # its own stream, so the instruct records stay as they were
 VOCAB_SIZE = 512
 # Two or three items: four-item copies and reversals took a 3 M model twice as many steps to learn.
 MIN_ITEMS, MAX_ITEMS = 2, 3
@@ -73,7 +87,8 @@ TASKS: dict[str, Task] = {
 }
 
 
-def _make_record(rng: random.Random) -> dict[str, str]:
+def _draw(rng: random.Random) -> tuple[str, list[str]]:
+    """A random task (its instruction) and the items to apply it to."""
     instruction = rng.choice(list(TASKS))
     task = TASKS[instruction]
     n = rng.randint(MIN_ITEMS, MAX_ITEMS)
@@ -83,6 +98,12 @@ def _make_record(rng: random.Random) -> dict[str, str]:
         if task.pool is DIGITS
         else rng.sample(task.pool, n)
     )
+    return instruction, items
+
+
+def _make_record(rng: random.Random) -> dict[str, str]:
+    instruction, items = _draw(rng)
+    task = TASKS[instruction]
     text, output = task.separator.join(items), task.separator.join(task.answer(items))
     if task.in_input:
         return {"instruction": instruction, "input": text, "output": output}
@@ -101,6 +122,72 @@ def make_records(seed: int = SEED) -> tuple[list[dict[str, str]], list[dict[str,
             seen.add(key)
             records.append(record)
     return records[NUM_HELDOUT:], records[:NUM_HELDOUT]
+
+
+def _other_task(task: Task, items: list[str], rng: random.Random) -> list[list[str]]:
+    """What other tasks would answer over the same items: right, but to another instruction."""
+    if task.pool is DIGITS:  # sorting is the only digit task: the unsorted and reversed orders
+        return [items, sorted(items, reverse=True)]
+    return [other.answer(items) for other in TASKS.values() if other.pool is WORDS]
+
+
+def _wrong_item(task: Task, items: list[str], rng: random.Random) -> list[list[str]]:
+    """The right answer with one of its items swapped for one that the input does not hold."""
+    answer = list(task.answer(items))
+    answer[rng.randrange(len(answer))] = rng.choice([x for x in task.pool if x not in items])
+    return [answer]
+
+
+def _wrong_length(task: Task, items: list[str], rng: random.Random) -> list[list[str]]:
+    """The right answer with one item too few (when it has several) or one too many."""
+    answer = list(task.answer(items))
+    if len(answer) > 1:
+        return [answer[:-1]]
+    return [[*answer, rng.choice([x for x in task.pool if x not in answer])]]
+
+
+WRONG_KINDS = (_other_task, _wrong_item, _wrong_length)
+
+
+def wrong_answer(instruction: str, items: list[str], rng: random.Random) -> str:
+    """A plausible wrong answer, of a kind picked at random; never the right answer."""
+    task = TASKS[instruction]
+    right = task.separator.join(task.answer(items))
+    for kind in rng.sample(WRONG_KINDS, len(WRONG_KINDS)):
+        texts = dict.fromkeys(task.separator.join(answer) for answer in kind(task, items, rng))
+        wrong = [text for text in texts if text != right]
+        if wrong:
+            return rng.choice(wrong)
+    raise AssertionError("a wrong item always gives a wrong answer")
+
+
+def make_preference_records(
+    exclude: set[tuple[str, str]], seed: int = PREFERENCE_SEED
+) -> list[dict[str, str]]:
+    """DPO pairs over distinct prompts, none of whose (instruction, input) is in `exclude`.
+
+    The prompt is the instruction with its items appended, as the "Repeat after me:" records
+    write it: preference records have no `input` field.
+    """
+    rng = random.Random(seed)
+    seen = set(exclude)
+    records: list[dict[str, str]] = []
+    while len(records) < NUM_PREFERENCE:
+        instruction, items = _draw(rng)
+        task = TASKS[instruction]
+        text = task.separator.join(items)
+        key = (instruction, text) if task.in_input else (f"{instruction} {text}", "")
+        if key in seen:
+            continue
+        seen.add(key)
+        records.append(
+            {
+                "prompt": f"{instruction} {text}",
+                "chosen": task.separator.join(task.answer(items)),
+                "rejected": wrong_answer(instruction, items, rng),
+            }
+        )
+    return records
 
 
 # Hand-written prose, so the tokenizer also knows ordinary English and not only the task texts.
@@ -241,6 +328,9 @@ def write_assets(root: Path, *, tokenizer: bool = True) -> None:
     asset_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(data_dir / "demo_train.jsonl", train)
     _write_jsonl(data_dir / "demo_heldout.jsonl", heldout)
+    # Held-out prompts stay unseen by DPO too, so evaluation on them measures generalisation.
+    held_out = {(r["instruction"], r["input"]) for r in heldout}
+    _write_jsonl(data_dir / "demo_preference.jsonl", make_preference_records(held_out))
     (asset_dir / "corpus.txt").write_text(corpus, encoding="utf-8")
     if tokenizer:
         (asset_dir / "tokenizer.model").write_bytes(train_tokenizer(corpus, train))

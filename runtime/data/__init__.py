@@ -24,6 +24,7 @@ from tunegen.runtime.data.jsonl import (
     read_records,
     require_fields,
 )
+from tunegen.runtime.data.preference import PreferenceDataset, preference_collate
 from tunegen.runtime.data.sampler import ResumableSampler
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
 from tunegen.runtime.data.text import TextDataset
@@ -39,6 +40,7 @@ __all__ = [
     "InstructDataset",
     "Message",
     "NumberedRecord",
+    "PreferenceDataset",
     "PromptTemplate",
     "ResumableSampler",
     "Segment",
@@ -47,6 +49,7 @@ __all__ = [
     "chat_segments",
     "generation_prompt",
     "padded_collate",
+    "preference_collate",
     "read_chat_examples",
     "read_conversations",
     "read_instruct_examples",

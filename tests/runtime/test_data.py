@@ -367,6 +367,7 @@ def _load_script() -> ModuleType:
 ASSETS = [
     "specs/data/demo_train.jsonl",
     "specs/data/demo_heldout.jsonl",
+    "specs/data/demo_preference.jsonl",
     "runtime/assets/tiny/corpus.txt",
     "runtime/assets/tiny/tokenizer.model",
 ]
