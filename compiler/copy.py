@@ -15,7 +15,7 @@ from tunegen.compiler.write import write_outputs
 
 __all__ = ["PATH_KEYS", "copy_spec"]
 
-PATH_KEYS = ("data.path", "eval.path", "tokenizer")
+PATH_KEYS = ("data.path", "eval.path", "tokenizer", "kd.teacher")
 
 
 def copy_spec(source: Path, dest: Path, *, force: bool = False) -> Path:

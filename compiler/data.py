@@ -23,7 +23,7 @@ from tunegen.compiler.write import write_outputs
 from tunegen.runtime.config import apply_overrides, instantiate, load_config
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.packing import pack_examples
-from tunegen.runtime.data.report import DatasetStats, dataset_stats
+from tunegen.runtime.data.report import DatasetStats, dataset_stats, item_sequences
 from tunegen.runtime.errors import ConfigError, TunegenError
 from tunegen.runtime.tokenizers.base import Tokenizer
 
@@ -227,14 +227,21 @@ def _render_tokens(
 
 
 def render_sample(view: DataView, index: int, style: Style) -> str:
-    """One sample: a header with its counts, then its tokens with the loss-carrying ones marked."""
-    item = view.dataset[index]
-    tokens, labels = item["tokens"], item["labels"]
-    loss = sum(1 for label in labels if label != IGNORE_INDEX)
+    """One sample: a header with its counts, then its tokens with the loss-carrying ones marked.
+
+    A preference pair shows its chosen and its rejected sequence, one after the other.
+    """
     line = _line_of(view.dataset, index)
     where = f", line {line}" if line is not None else ""
-    header = f"── sample {index + 1} of {len(view.dataset):,}{where}: {len(tokens)} tokens, {loss} carry loss"
-    return f"{header}\n{_render_tokens(view.tokenizer, tokens, labels, style)}"
+    blocks = []
+    for name, (tokens, labels) in item_sequences(view.dataset[index]).items():
+        loss = sum(1 for label in labels if label != IGNORE_INDEX)
+        header = (
+            f"── sample {index + 1} of {len(view.dataset):,}{where}{f' ({name})' if name else ''}:"
+            f" {len(tokens)} tokens, {loss} carry loss"
+        )
+        blocks.append(f"{header}\n{_render_tokens(view.tokenizer, tokens, labels, style)}")
+    return "\n".join(blocks)
 
 
 def render_pack(view: DataView, pack_index: int, style: Style) -> str:
@@ -242,6 +249,8 @@ def render_pack(view: DataView, pack_index: int, style: Style) -> str:
     max_seq_len = getattr(view.dataset, "max_seq_len", None)
     if max_seq_len is None:
         raise TunegenError("--packed needs a dataset with a max_seq_len")
+    if "tokens" not in view.dataset[0]:
+        raise TunegenError("--packed: preference pairs are not packed (DPO compares whole rows)")
     lengths = [len(view.dataset[i]["tokens"]) for i in range(len(view.dataset))]
     packs = pack_examples(lengths, max_seq_len)
     if pack_index >= len(packs):
@@ -277,9 +286,12 @@ def use_color() -> bool:
 
 
 def export_rows(dataset: Dataset) -> Iterator[str]:
+    """One JSON line per sample; a preference pair's keys are prefixed `chosen_` / `rejected_`."""
     for index in range(len(dataset)):
-        item = dataset[index]
-        row = {"input_ids": list(item["tokens"]), "labels": list(item["labels"])}
+        row = {}
+        for name, (tokens, labels) in item_sequences(dataset[index]).items():
+            prefix = f"{name}_" if name else ""
+            row[f"{prefix}input_ids"], row[f"{prefix}labels"] = list(tokens), list(labels)
         yield json.dumps(row, separators=(",", ":"))
 
 

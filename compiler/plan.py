@@ -19,22 +19,56 @@ from tunegen.compiler.parse import ParsedSpec
 from tunegen.compiler.schema import (
     CheckpointSpec,
     DataSpec,
+    DpoSpec,
     EvalSpec,
+    KdSpec,
     LoggingSpec,
     LoraSpec,
     ProfilerSpec,
     Spec,
     TrainingSpec,
     doc_of,
+    uses_adapters,
+    uses_dora,
 )
 from tunegen.compiler.validate import resolve_spec_path
 
 __all__ = ["Entry", "Plan", "Section", "make_plan", "tunegen_version"]
 
-RECIPE_CLASSES = {"full": "FullFinetuneRecipe", "lora": "LoRAFinetuneRecipe"}
-RECIPE_SUMMARIES = {
-    "full": "Full fine-tuning: every weight of the model is trained.",
-    "lora": "LoRA fine-tuning: low-rank adapters train while the base weights stay frozen.",
+# Recipe class and docstring summary by (objective, how weights train).
+RECIPES = {
+    ("sft", "full"): (
+        "FullFinetuneRecipe",
+        "Full fine-tuning: every weight of the model is trained.",
+    ),
+    ("sft", "lora"): (
+        "LoRAFinetuneRecipe",
+        "LoRA fine-tuning: low-rank adapters train while the base weights stay frozen.",
+    ),
+    ("sft", "dora"): (
+        "DoRAFinetuneRecipe",
+        "DoRA fine-tuning: adapters and per-row magnitudes train; the base stays frozen.",
+    ),
+    ("sft", "qlora"): (
+        "QLoRAFinetuneRecipe",
+        "QLoRA fine-tuning: LoRA adapters train on a frozen 4-bit NF4 base model.",
+    ),
+    ("dpo", "full"): (
+        "FullDPORecipe",
+        "DPO: the whole model learns to prefer chosen over rejected responses.",
+    ),
+    ("dpo", "lora"): (
+        "LoRADPORecipe",
+        "DPO with LoRA: adapters learn to prefer chosen over rejected responses.",
+    ),
+    ("kd", "full"): (
+        "FullKDRecipe",
+        "Knowledge distillation: the student learns from data and a teacher's logits.",
+    ),
+    ("kd", "lora"): (
+        "LoRAKDRecipe",
+        "Distillation with LoRA: adapters learn from data and a teacher's logits.",
+    ),
 }
 SCHEDULERS = {
     "cosine": "tunegen.runtime.schedulers.cosine_with_warmup",
@@ -48,6 +82,13 @@ DATASETS = {
     "instruct": "tunegen.runtime.data.InstructDataset",
     "chat": "tunegen.runtime.data.ChatDataset",
     "text": "tunegen.runtime.data.TextDataset",
+    "preference": "tunegen.runtime.data.PreferenceDataset",
+}
+DATASET_COMMENTS = {
+    "instruct": "training samples, tokenized with prompt tokens masked out of the loss",
+    "chat": "conversations, tokenized with the loss on the assistant replies only",
+    "text": "plain text; every token carries loss",
+    "preference": "prompts with a chosen and a rejected response, each masked to its response",
 }
 
 
@@ -77,10 +118,15 @@ class Plan:
     method: str
     recipe_class: str
     summary: str
-    lora: bool
+    objective: str  # what the loss is: "sft" (cross-entropy), "dpo" or "kd"
+    lora: bool  # adapters train on a frozen base (lora, dora, qlora, dpo/kd with use_lora)
+    dora: bool
+    qlora: bool
+    reference_copy: bool  # dpo without adapters keeps a frozen copy of the starting model
     clip_grad_norm: bool
     eval: bool
     activation_checkpointing: bool
+    skip_nonfinite: bool  # skip a step whose loss is NaN/inf instead of stopping the run
     profiler: bool
     export: bool
     export_merged: bool
@@ -106,15 +152,33 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
     `recipe_path` and `config_path` are where the files will be written; the headers show them in
     the run command.
     """
+    objective = spec.method if spec.method in ("dpo", "kd") else "sft"
+    adapters = uses_adapters(spec)
+    if not adapters:
+        weights = "full"
+    elif objective == "sft":
+        weights = "qlora" if spec.method == "qlora" else ("dora" if uses_dora(spec) else "lora")
+    else:
+        weights = "lora"
+    recipe_class, summary = RECIPES[objective, weights]
+    if objective != "sft" and uses_dora(spec):
+        summary = summary.replace("with LoRA", "with DoRA")
+    if len(summary) > 80:  # it heads the module and class docstrings of an 88-column file
+        raise ValueError(f"recipe summary too long for a docstring line: {summary!r}")
     return Plan(
         name=spec.name,
         method=spec.method,
-        recipe_class=RECIPE_CLASSES[spec.method],
-        summary=RECIPE_SUMMARIES[spec.method],
-        lora=spec.method == "lora",
+        recipe_class=recipe_class,
+        summary=summary,
+        objective=objective,
+        lora=adapters,
+        dora=uses_dora(spec),
+        qlora=spec.method == "qlora",
+        reference_copy=objective == "dpo" and not adapters,
         clip_grad_norm=spec.training.clip_grad_norm is not None,
         eval=spec.eval is not None,
         activation_checkpointing=spec.training.activation_checkpointing,
+        skip_nonfinite=spec.training.on_nonfinite_loss == "skip",
         profiler=spec.profiler is not None,
         export=spec.checkpoint.export_hf,
         export_merged=spec.checkpoint.export_merged,
@@ -131,11 +195,21 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
     """The generated config, section by section in the order the recipe uses them."""
     training, data = spec.training, spec.data
     output_dir = _text(spec.checkpoint.output_dir or f"runs/{spec.name}")
-    sections = [
-        Section("model", "the model to fine-tune", _model_items(spec, parsed)),
-        Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed)),
-    ]
-    if spec.lora is not None or spec.method == "lora":
+    sections = [Section("model", "the model to fine-tune", _model_items(spec, parsed))]
+    if spec.method == "kd":
+        sections.append(
+            Section(
+                "teacher_model",
+                "the frozen teacher whose logits the student learns from",
+                _checkpoint_model_items(
+                    _config_path(resolve_spec_path(parsed, spec.kd.teacher)), spec.data
+                ),
+            )
+        )
+    sections.append(
+        Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed))
+    )
+    if uses_adapters(spec):
         lora = spec.lora or LoraSpec()
         sections.append(
             Section(
@@ -161,7 +235,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
         ),
         Section(
             "dataset",
-            "training samples, tokenized with prompt tokens masked out of the loss",
+            DATASET_COMMENTS[data.format],
             _dataset_items(data, parsed),
         ),
         Section(
@@ -189,13 +263,20 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
                 Entry("warmup_steps", "${training.warmup_steps}", "set in training.warmup_steps"),
             ),
         ),
-        Section(
-            "loss",
-            "next-token cross-entropy, summed over the tokens that carry loss",
-            (_component("tunegen.runtime.losses.CrossEntropyLoss"),),
-        ),
-        Section("training", "the optimisation loop", _training_items(spec)),
+        _loss_section(spec),
     ]
+    if spec.method == "kd":
+        sections.append(
+            Section(
+                "kd_loss",
+                "KL(teacher || student) on the same tokens, summed",
+                (
+                    _component("tunegen.runtime.distillation.ForwardKLLoss"),
+                    Entry("temperature", spec.kd.temperature, doc_of(KdSpec, "temperature")),
+                ),
+            )
+        )
+    sections.append(Section("training", "the optimisation loop", _training_items(spec)))
     if spec.checkpoint.export_hf:
         sections.append(
             Section(
@@ -269,14 +350,36 @@ def _checkpoint_dir(spec: Spec, parsed: ParsedSpec) -> str | None:
 def _model_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     if _is_builtin(spec):
         return (_component(f"tunegen.runtime.models.{spec.model}"),)
+    return _checkpoint_model_items(_checkpoint_dir(spec, parsed), spec.data)
+
+
+def _checkpoint_model_items(path: str, data: DataSpec) -> tuple[Entry, ...]:
     return (
         _component("tunegen.runtime.load_model"),
-        Entry("path_or_name", _checkpoint_dir(spec, parsed), "Hugging Face checkpoint dir"),
+        Entry("path_or_name", path, "Hugging Face checkpoint dir"),
         Entry("dtype", "${environment.dtype}", "weights are loaded in this dtype"),
-        Entry(
-            "max_seq_len", spec.data.max_seq_len, "bounds the RoPE tables (= dataset.max_seq_len)"
-        ),
+        Entry("max_seq_len", data.max_seq_len, "bounds the RoPE tables (= dataset.max_seq_len)"),
     )
+
+
+def _loss_section(spec: Spec) -> Section:
+    if spec.method != "dpo":
+        return Section(
+            "loss",
+            "next-token cross-entropy, summed over the tokens that carry loss",
+            (_component("tunegen.runtime.losses.CrossEntropyLoss"),),
+        )
+    dpo = spec.dpo or DpoSpec()
+    items = [
+        _component("tunegen.runtime.dpo.DPOLoss"),
+        Entry("beta", dpo.beta, doc_of(DpoSpec, "beta")),
+        Entry("loss_type", dpo.loss, doc_of(DpoSpec, "loss")),
+    ]
+    if dpo.loss == "sigmoid":
+        items.append(
+            Entry("label_smoothing", dpo.label_smoothing, doc_of(DpoSpec, "label_smoothing"))
+        )
+    return Section("loss", "the DPO loss on policy and reference log-probabilities", tuple(items))
 
 
 def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
@@ -295,7 +398,7 @@ def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
 
 def _export_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     source = _checkpoint_dir(spec, parsed)
-    if spec.method != "lora":
+    if not uses_adapters(spec):
         return (
             Entry("output_dir", f"{RUN_DIR}/hf_model", "transformers loads this dir directly"),
             Entry("source_dir", source, "config and tokenizer files are copied from here"),
@@ -319,12 +422,13 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
             "source", _config_path(resolve_spec_path(parsed, data.path)), "a .jsonl or .json file"
         ),
     ]
+    if data.format != "text":
+        items.append(Entry("template", data.template, doc_of(DataSpec, "template")))
     if data.format in ("instruct", "chat"):
-        items += [
-            Entry("template", data.template, doc_of(DataSpec, "template")),
-            Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input")),
-        ]
-    else:
+        items.append(
+            Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input"))
+        )
+    if data.format == "text":
         items.append(Entry("column", _text(data.column), doc_of(DataSpec, "column")))
     items.append(Entry("max_seq_len", data.max_seq_len, doc_of(DataSpec, "max_seq_len")))
     return tuple(items)
@@ -343,6 +447,8 @@ def _training_items(spec: Spec) -> tuple[Entry, ...]:
         Entry("weight_decay", training.weight_decay, doc_of(TrainingSpec, "weight_decay")),
         Entry("warmup_steps", training.warmup_steps, doc_of(TrainingSpec, "warmup_steps")),
     ]
+    if spec.method == "kd":
+        items.append(Entry("kd_weight", spec.kd.weight, doc_of(KdSpec, "weight")))
     if training.clip_grad_norm is not None:
         items.append(
             Entry("clip_grad_norm", training.clip_grad_norm, "clip the gradient norm to this")

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "ADAPTER_METHODS",
     "METHODS",
     "CheckpointSpec",
     "DataSpec",
+    "DpoSpec",
     "EvalSpec",
+    "KdSpec",
     "LoggingSpec",
     "LoraSpec",
     "ProfilerSpec",
@@ -23,9 +26,13 @@ __all__ = [
     "TrainingSpec",
     "doc_of",
     "option",
+    "uses_adapters",
+    "uses_dora",
 ]
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "dora", "qlora", "dpo", "kd")
+# Methods that are LoRA by definition; dpo and kd train adapters when their `use_lora` says so.
+ADAPTER_METHODS = ("lora", "dora", "qlora")
 
 
 def option(
@@ -62,9 +69,10 @@ class DataSpec:
     path: str = option(
         doc="training data: a .jsonl or .json file, relative to the spec", kind="path"
     )
-    format: Literal["instruct", "chat", "text"] = option(
+    format: Literal["instruct", "chat", "text", "preference"] = option(
         "instruct",
-        "instruct: instruction/input/output records; chat: messages or conversations; text: text",
+        "instruct: instruction/input/output records; chat: messages or conversations; text: text; "
+        "preference: prompt/chosen/rejected (method: dpo)",
     )
     template: Literal["alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"] = option(
         "alpaca",
@@ -90,6 +98,44 @@ class LoraSpec:
         ["q_proj", "v_proj"],
         "linear layers that get adapters (q_proj, k_proj, v_proj, o_proj, ...)",
     )
+    use_dora: bool = option(
+        False, "DoRA: also learn each output row's magnitude (method: dora sets this)"
+    )
+
+
+@dataclass(frozen=True)
+class DpoSpec:
+    """Direct preference optimisation (method: dpo) on data.format: preference."""
+
+    beta: float = option(0.1, "strength of the pull towards the reference model", gt=0)
+    loss: Literal["sigmoid", "ipo"] = option(
+        "sigmoid", "sigmoid: the DPO paper's loss; ipo: squared loss on length-averaged log-probs"
+    )
+    label_smoothing: float = option(
+        0.0, "assumed share of flipped preference labels (sigmoid loss only)", ge=0, le=0.49
+    )
+    use_lora: bool = option(
+        True,
+        "train LoRA adapters (the reference is the model with adapters off: no second copy); "
+        "false: train every weight against a frozen copy",
+    )
+
+
+@dataclass(frozen=True)
+class KdSpec:
+    """Knowledge distillation (method: kd): the student learns from a teacher's logits."""
+
+    teacher: str = option(
+        doc="the teacher: a trained Hugging Face checkpoint dir with the student's vocabulary, "
+        "relative to the spec"
+    )
+    temperature: float = option(
+        1.0, "softens both distributions before the KL (the KL is scaled by temperature^2)", gt=0
+    )
+    weight: float = option(
+        0.5, "w in loss = (1 - w) * cross-entropy + w * KL(teacher || student)", ge=0, le=1
+    )
+    use_lora: bool = option(False, "train LoRA adapters on the student instead of every weight")
 
 
 @dataclass(frozen=True)
@@ -116,6 +162,11 @@ class TrainingSpec:
     seed: int = option(0, "seed for initialisation, data order and dropout", ge=0)
     activation_checkpointing: bool = option(
         False, "recompute activations in the backward pass: less memory, more compute"
+    )
+    on_nonfinite_loss: Literal["stop", "skip"] = option(
+        "stop",
+        "at a NaN/inf loss: stop (exit 2, last checkpoint kept) or skip that step's update "
+        "(stops anyway after 10 in a row)",
     )
 
 
@@ -176,8 +227,9 @@ class Spec:
     name: str = option(
         doc="recipe name: generated/<name>.py and generated/<name>.yaml", kind="identifier"
     )
-    method: Literal["full", "lora"] = option(
-        doc="full: update every weight; lora: train low-rank adapters"
+    method: Literal["full", "lora", "dora", "qlora", "dpo", "kd"] = option(
+        doc="full: update every weight; lora: low-rank adapters; dora: LoRA + learned magnitudes; "
+        "qlora: LoRA on a 4-bit NF4 base; dpo: preference optimisation; kd: distillation"
     )
     model: str = option(
         doc="a built-in model name (tunegen ls lists them) or a local Hugging Face checkpoint dir"
@@ -187,10 +239,28 @@ class Spec:
         None, "tokenizer file or dir, relative to the spec (null: the model's own)", kind="path"
     )
     lora: LoraSpec | None = option(
-        None, "adapter settings (method: lora; defaults apply if omitted)"
+        None, "adapter settings (lora, dora, qlora, or dpo/kd with use_lora; defaults if omitted)"
     )
+    dpo: DpoSpec | None = option(None, "preference optimisation settings (method: dpo)")
+    kd: KdSpec | None = option(None, "distillation settings (method: kd; teacher is required)")
     training: TrainingSpec = option(TrainingSpec(), "optimisation loop")
     checkpoint: CheckpointSpec = option(CheckpointSpec(), "checkpoints and resuming")
     logging: LoggingSpec = option(LoggingSpec(), "metrics")
     eval: EvalSpec | None = option(None, "held-out exact-match evaluation (null: none)")
     profiler: ProfilerSpec | None = option(None, "profile a few steps (null: no profiling)")
+
+
+def uses_adapters(spec: Spec) -> bool:
+    """Whether the spec trains LoRA adapters (on a frozen base) rather than every weight."""
+    if spec.method == "dpo":
+        return (spec.dpo or DpoSpec()).use_lora
+    if spec.method == "kd":
+        return spec.kd is not None and spec.kd.use_lora
+    return spec.method in ADAPTER_METHODS
+
+
+def uses_dora(spec: Spec) -> bool:
+    """Whether the adapters are DoRA (`method: dora`, or `lora.use_dora: true`)."""
+    return spec.method == "dora" or (
+        uses_adapters(spec) and spec.lora is not None and spec.lora.use_dora
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunegen.compiler.parse import ParsedSpec, Problem
-from tunegen.compiler.schema import Spec
+from tunegen.compiler.schema import Spec, uses_adapters
 from tunegen.runtime.errors import SpecError
 
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
@@ -29,6 +29,8 @@ _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 TEMPLATES_BY_FORMAT = {
     "instruct": ("alpaca", "plain"),
     "chat": ("alpaca", "llama3", "chatml", "mistral", "tokenizer"),
+    # Plain-text preference records use an instruct template, conversations a chat template.
+    "preference": ("alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -166,22 +168,34 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
 
     if spec.model not in BUILTIN_MODELS:
         _check_checkpoint_dir(spec, parsed, problem)
-    if spec.method != "lora" and "lora" in parsed.values:
-        problem("lora", f"only used with method: lora (this spec has method: {spec.method})")
-    if spec.method == "lora" and spec.lora is not None:
+    adapters = uses_adapters(spec)
+    if not adapters and "lora" in parsed.values:
+        problem("lora", f"only used with method: lora, dora or qlora; {_no_adapters(spec)}")
+    if adapters and spec.lora is not None:
         _check_lora_targets(spec.lora.targets, LINEAR_LAYER_NAMES, problem)
-    if spec.checkpoint.export_merged and spec.method != "lora":
-        problem("checkpoint.export_merged", "only used with method: lora")
+    if spec.checkpoint.export_merged and not adapters:
+        problem(
+            "checkpoint.export_merged",
+            f"only used with method: lora, dora or qlora; {_no_adapters(spec)}",
+        )
+    _check_method_sections(spec, parsed, problem)
     if spec.checkpoint.export_merged and not spec.checkpoint.export_hf:
         problem("checkpoint.export_merged", "needs checkpoint.export_hf: true")
     data = spec.data
-    if data.format == "text" and data.train_on_input:
+    if data.format in ("text", "preference") and data.train_on_input:
         problem("data.train_on_input", "only used with data.format: instruct or chat")
     if data.format == "text" and "template" in parsed.values.get("data", {}):
         problem("data.template", "only used with data.format: instruct or chat")
     elif data.template not in TEMPLATES_BY_FORMAT.get(data.format, (data.template,)):
         choices = ", ".join(TEMPLATES_BY_FORMAT[data.format])
         problem("data.template", f"{data.template!r} is not a {data.format} template ({choices})")
+    if data.format == "preference" and spec.method != "dpo":
+        problem("data.format", f"preference data is for method: dpo (this spec has {spec.method})")
+    if spec.method == "dpo" and data.format != "preference":
+        problem(
+            "data.format",
+            "method: dpo needs data.format: preference (records with prompt, chosen, rejected)",
+        )
     if data.format != "instruct" and spec.eval is not None:
         problem("eval", "exact-match evaluation needs data.format: instruct")
     training = spec.training
@@ -203,6 +217,84 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             f"expected true, false, auto or an existing checkpoint dir; {resume!r} is none of these",
         )
     _check_files(spec, parsed, problem)
+
+
+def _no_adapters(spec: Spec) -> str:
+    """Why this spec trains no adapters, for the end of an error message."""
+    if spec.method in ("dpo", "kd"):
+        return f"with method: {spec.method}, set {spec.method}.use_lora: true to train adapters"
+    return f"this spec has method: {spec.method}, which trains every weight"
+
+
+def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
+    """Each method's own section belongs to that method, and its settings fit together."""
+    for section in ("dpo", "kd"):
+        if section in parsed.values and spec.method != section:
+            problem(section, f"only used with method: {section} (this spec has {spec.method})")
+    lora_keys = parsed.values.get("lora") or {}
+    if spec.method == "dora" and "use_dora" in lora_keys and not spec.lora.use_dora:
+        problem(
+            "lora.use_dora", "method: dora always uses DoRA; remove the key or use method: lora"
+        )
+    dpo = spec.dpo
+    if spec.method == "dpo" and dpo is not None and dpo.loss == "ipo" and dpo.label_smoothing:
+        problem("dpo.label_smoothing", "only used with dpo.loss: sigmoid")
+    if spec.method == "kd":
+        if spec.kd is None:
+            problem("method", "method: kd needs a kd section with kd.teacher (a checkpoint dir)")
+        else:
+            _check_teacher(spec, parsed, problem)
+
+
+def _check_teacher(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
+    """The teacher is a supported checkpoint dir whose vocabulary is the student's."""
+    from tunegen.runtime.errors import CheckpointError
+    from tunegen.runtime.hf_checkpoint import CONFIG_FILE, model_kwargs_from_hf_config
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    teacher = spec.kd.teacher
+    if teacher in BUILTIN_MODELS:
+        problem(
+            "kd.teacher",
+            f"built-in {teacher!r} is randomly initialised; point the teacher at a trained "
+            "checkpoint dir (e.g. runs/demo/hf_model, written by the demo)",
+        )
+        return
+    config_file = resolve_spec_path(parsed, teacher) / CONFIG_FILE
+    if not config_file.is_file():
+        problem("kd.teacher", f"{teacher!r} is not a checkpoint dir with a {CONFIG_FILE}")
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        _, kwargs = model_kwargs_from_hf_config(
+            config, where=str(config_file), max_seq_len=spec.data.max_seq_len
+        )
+    except (CheckpointError, ValueError) as exc:
+        problem("kd.teacher", str(exc))
+        return
+    student_vocab = _vocab_size(spec, parsed)
+    if student_vocab is not None and kwargs["vocab_size"] != student_vocab:
+        problem(
+            "kd.teacher",
+            f"the teacher's vocabulary has {kwargs['vocab_size']} tokens, the student's "
+            f"{student_vocab}: distillation needs the same tokenizer",
+        )
+
+
+def _vocab_size(spec: Spec, parsed: ParsedSpec) -> int | None:
+    """The student model's vocabulary size (None if its config cannot be read)."""
+    import torch
+
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    if spec.model in BUILTIN_MODELS:
+        with torch.device("meta"):
+            return BUILTIN_MODELS[spec.model]().vocab_size
+    try:
+        config_file = resolve_spec_path(parsed, spec.model) / "config.json"
+        return int(json.loads(config_file.read_text(encoding="utf-8"))["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:

@@ -493,6 +493,8 @@ def _export_entries(model: Transformer, arch: HFArchitecture) -> Iterator[_Entry
         path, _, leaf = name.rpartition(".")
         if name in done or path.endswith((".lora_a", ".lora_b")):
             continue
+        if leaf == "magnitude" and path in lora:  # DoRA: already inside the merged weight
+            continue
         key, group = _fuse_name(name, arch)
         done.update(group)
         makers = []

@@ -5,16 +5,32 @@ small layers, `lora_a` (in -> rank) and `lora_b` (rank -> out), so
 
     y = x @ W.T + b + scaling * lora_b(lora_a(dropout(x))),    scaling = alpha / rank
 
+DoRA (weight-decomposed low-rank adaptation, Liu et al. 2024, arXiv:2402.09353), switched on with
+`use_dora=True`, splits the adapted weight into a direction and a per-output-row length, and
+trains the length separately as `magnitude` (out,):
+
+    W' = m * (W + scaling * B @ A) / ||W + scaling * B @ A||_row
+
+LoRA can only change a row's length and direction together; DoRA learns them apart, which the
+paper finds closer to full fine-tuning at the same rank for the cost of one extra vector per layer
+and one weight norm per forward. `m` starts at ||W||_row, so a fresh DoRA layer is the base layer.
+As in the paper (section 4.3) and PEFT, the norm is treated as a constant: no gradient flows
+through it. The forward computes the same as PEFT's `DoraLinearLayer`. `m` is computed from W as
+it is when DoRA is applied, so apply it after casting the model to its training dtype (and after
+NF4 quantization): a later cast rounds m and the norm differently, which moves a fresh layer off
+the base layer by up to one rounding step (in bf16, a factor of 1 +- 2^-7 on some rows).
+
 Because the base names are unchanged, a base checkpoint loads into a LoRA model without key
-remapping, and the LoRA weights are exactly the `*.lora_a.weight` / `*.lora_b.weight` keys.
-Freezing, merging and extracting the adapter are free functions over any model, so no model class
-needs a LoRA twin.
+remapping, and the adapter weights are exactly the `*.lora_a.weight` / `*.lora_b.weight` (and
+DoRA's `*.magnitude`) keys. Freezing, merging, disabling and extracting the adapter are free
+functions over any model, so no model class needs a LoRA twin.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +39,7 @@ from torch import Tensor, nn
 __all__ = [
     "LoRALinear",
     "apply_lora",
+    "disable_adapters",
     "lora_state_dict",
     "mark_only_lora_trainable",
     "merge_lora",
@@ -30,11 +47,20 @@ __all__ = [
 ]
 
 
-class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update.
+def _dense(weight: Tensor) -> Tensor:
+    """`weight` as a plain tensor: a quantized base weight (torchao's NF4Tensor, for QLoRA)
+    supports `F.linear` but no arithmetic, so it is dequantized; any other weight is returned."""
+    dequantize = getattr(weight, "get_original_weight", None)
+    return dequantize() if callable(dequantize) else weight
 
-    `lora_b` starts at zero, so a freshly wrapped model computes exactly what the base model did.
-    `merge()` folds the update into `weight` for inference or export; `unmerge()` takes it out.
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update (and, with DoRA, a magnitude).
+
+    `lora_b` starts at zero (and DoRA's `magnitude` at the base weight's row norms), so a freshly
+    wrapped model computes exactly what the base model did. `merge()` folds the update into
+    `weight` for inference or export; `unmerge()` takes it out. While `disabled` is set (see
+    `disable_adapters`) the layer computes the base layer alone.
     """
 
     def __init__(
@@ -46,6 +72,7 @@ class LoRALinear(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         bias: bool = False,
+        use_dora: bool = False,
     ) -> None:
         super().__init__()
         if rank < 1:
@@ -55,7 +82,9 @@ class LoRALinear(nn.Module):
         self.rank = rank
         self.alpha = alpha
         self.scaling = alpha / rank
+        self.use_dora = use_dora
         self.merged = False
+        self.disabled = False
         # The base layer: initialised like nn.Linear, then frozen.
         base = nn.Linear(in_dim, out_dim, bias=bias)
         self.weight = nn.Parameter(base.weight.detach(), requires_grad=False)
@@ -64,24 +93,38 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_a = nn.Linear(in_dim, rank, bias=False)
         self.lora_b = nn.Linear(rank, out_dim, bias=False)
+        self.magnitude = nn.Parameter(torch.empty(out_dim)) if use_dora else None
+        # DoRA's row norms at merge time, which unmerge() divides out again (not checkpointed).
+        self.register_buffer("_merge_norm", None, persistent=False)
         self.reset_lora_parameters()
 
     @torch.no_grad()
     def reset_lora_parameters(self) -> None:
-        """A as PEFT initialises it (kaiming-uniform, a=sqrt(5)); B zero, so the update starts at 0."""
+        """A as PEFT initialises it (kaiming-uniform, a=sqrt(5)); B zero, so the update starts at 0;
+        DoRA's magnitude the row norms of W, so the direction is rescaled to its own length."""
         nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_b.weight)
+        if self.magnitude is not None:
+            # Computed as forward() computes the norm, so the DoRA scale is exactly 1 at init.
+            self.magnitude.copy_(self.weight_norm(self.magnitude.dtype))
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0
+        cls,
+        linear: nn.Linear,
+        *,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_dora: bool = False,
     ) -> LoRALinear:
-        """Wrap `linear`, sharing (not copying) its weight and bias and matching device and dtype.
+        """Wrap `linear`, sharing (not copying) its weight and bias and matching device, dtype and
+        train/eval mode.
 
         The shared parameters are frozen in place: they belong to the base model.
         """
         # Build on the meta device so no throwaway base weight is allocated, then adopt the base
-        # parameters and materialise only the small LoRA matrices where the base weight lives.
+        # parameters and materialise only the small adapter tensors where the base weight lives.
         with torch.device("meta"):
             lora = cls(
                 linear.in_features,
@@ -90,48 +133,106 @@ class LoRALinear(nn.Module):
                 alpha=alpha,
                 dropout=dropout,
                 bias=linear.bias is not None,
+                use_dora=use_dora,
             )
         lora.weight = linear.weight.requires_grad_(False)
         lora.bias = None if linear.bias is None else linear.bias.requires_grad_(False)
         factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
         lora.lora_a = nn.Linear(linear.in_features, rank, bias=False, **factory)
         lora.lora_b = nn.Linear(rank, linear.out_features, bias=False, **factory)
+        if use_dora:
+            lora.magnitude = nn.Parameter(torch.empty(linear.out_features, **factory))
         lora.reset_lora_parameters()
-        return lora
+        return lora.train(linear.training)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)  # (..., out)
-        if self.merged:  # the update is already inside `weight`
+        if self.merged or self.disabled:  # the update is inside `weight`, or switched off
             return y
+        if self.magnitude is not None:
+            return y + self._dora_update(x, y)
         return y + self.lora_b(self.lora_a(self.dropout(x))) * self.scaling  # (..., out)
 
+    def _dora_update(self, x: Tensor, y: Tensor) -> Tensor:
+        """DoRA's output minus the base output `y`, as PEFT's `DoraLinearLayer.forward`:
+
+            (m / ||W + s B A|| - 1) * x @ W.T + (m / ||W + s B A||) * s * B(A(x))
+
+        The bias is not rescaled. With dropout active the first term, too, sees the dropped-out x.
+        """
+        scale = self.magnitude / self.weight_norm(x.dtype)  # (out,), a constant for autograd
+        if self.training and isinstance(self.dropout, nn.Dropout):
+            x = self.dropout(x)
+            base = F.linear(x, self.weight)  # (..., out)
+        else:
+            base = y if self.bias is None else y - self.bias
+        lora = self.lora_b(self.lora_a(x))  # (..., out)
+        return (scale - 1) * base + scale * lora * self.scaling
+
+    @torch.no_grad()
+    def weight_norm(self, dtype: torch.dtype) -> Tensor:
+        """DoRA's ||W + scaling * B @ A|| per output row, (out,), computed in `dtype` and without
+        gradient: the paper (section 4.3) and PEFT treat it as a constant."""
+        update = (self.lora_b.weight @ self.lora_a.weight).to(dtype)  # (out, in)
+        weight = _dense(self.weight).to(dtype) + self.scaling * update
+        return torch.linalg.norm(weight, dim=1).to(dtype)
+
     def delta_weight(self) -> Tensor:
-        """The low-rank update B @ A * scaling, shaped like `weight` (out, in)."""
-        return (self.lora_b.weight @ self.lora_a.weight) * self.scaling
+        """What merging adds to `weight`, shaped like it (out, in): scaling * B @ A for LoRA, and
+        for DoRA (m / ||W + scaling * B @ A||) * (W + scaling * B @ A) - W. Valid while unmerged.
+        """
+        update = (self.lora_b.weight @ self.lora_a.weight) * self.scaling
+        if self.magnitude is None:
+            return update
+        weight = _dense(self.weight).float()
+        merged = self._dora_merged(weight, self.weight_norm(torch.float32))
+        return (merged - weight).to(update.dtype)
+
+    def _dora_merged(self, weight: Tensor, norm: Tensor) -> Tensor:
+        """(m / norm) * (weight + scaling * B @ A) in fp32, for a dense fp32 `weight`."""
+        update = (self.lora_b.weight.float() @ self.lora_a.weight.float()) * self.scaling
+        return (self.magnitude.float() / norm).unsqueeze(1) * (weight + update)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update into `weight` (in place; no-op if already merged).
+        """Fold the update into `weight` (in place; no-op if already merged).
 
         `weight` is shared with the base model, so the base model sees the merged weight too.
-        In bf16/fp16 a merge followed by `unmerge()` is only approximately the identity.
+        DoRA merges in fp32 and keeps the row norms, which `unmerge()` needs. In bf16/fp16 a merge
+        followed by `unmerge()` is only approximately the identity.
         """
-        if not self.merged:
+        if self.merged:
+            return
+        if self.disabled:
+            raise ValueError("cannot merge a LoRA layer while its adapter is disabled")
+        if self.magnitude is None:
             self.weight += self.delta_weight().to(self.weight.dtype)
-            self.merged = True
+        else:
+            self._merge_norm = self.weight_norm(torch.float32)
+            merged = self._dora_merged(self.weight.float(), self._merge_norm)
+            self.weight.copy_(merged.to(self.weight.dtype))
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the update from `weight` again (no-op if not merged)."""
-        if self.merged:
+        """Take the update out of `weight` again (no-op if not merged)."""
+        if not self.merged:
+            return
+        if self.magnitude is None:
             self.weight -= self.delta_weight().to(self.weight.dtype)
-            self.merged = False
+        else:
+            # W' = (m / n) * (W + sBA)  =>  W = W' * n / m - sBA, with n the norm at merge time.
+            update = (self.lora_b.weight.float() @ self.lora_a.weight.float()) * self.scaling
+            scale = (self._merge_norm / self.magnitude.float()).unsqueeze(1)
+            self.weight.copy_((self.weight.float() * scale - update).to(self.weight.dtype))
+            self._merge_norm = None
+        self.merged = False
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha}, "
-            f"merged={self.merged}"
+            f"use_dora={self.use_dora}, merged={self.merged}"
         )
 
 
@@ -142,8 +243,10 @@ def apply_lora(
     rank: int,
     alpha: float,
     dropout: float = 0.0,
+    use_dora: bool = False,
 ) -> list[str]:
-    """Replace, in place, every `nn.Linear` whose attribute name is in `targets` with a LoRALinear.
+    """Replace, in place, every `nn.Linear` whose attribute name is in `targets` with a LoRALinear
+    (a DoRA one with `use_dora=True`).
 
     Returns the dotted paths of the replaced modules in model order. Raises ValueError naming every
     target that matched no `nn.Linear`, so a typo in a spec cannot silently train nothing.
@@ -162,9 +265,10 @@ def apply_lora(
     if missing:
         raise ValueError(f"LoRA target(s) matched no nn.Linear in the model: {', '.join(missing)}")
     for parent, name, child, _ in found:
-        setattr(
-            parent, name, LoRALinear.from_linear(child, rank=rank, alpha=alpha, dropout=dropout)
+        module = LoRALinear.from_linear(
+            child, rank=rank, alpha=alpha, dropout=dropout, use_dora=use_dora
         )
+        setattr(parent, name, module)
     return [path for _, _, _, path in found]
 
 
@@ -173,16 +277,19 @@ def _lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
 
 
 def mark_only_lora_trainable(model: nn.Module) -> None:
-    """Freeze every parameter except the `lora_a` / `lora_b` weights."""
+    """Freeze every parameter except the `lora_a` / `lora_b` weights and DoRA's `magnitude`."""
     for param in model.parameters():
         param.requires_grad_(False)
     for _, module in _lora_modules(model):
         module.lora_a.weight.requires_grad_(True)
         module.lora_b.weight.requires_grad_(True)
+        if module.magnitude is not None:
+            module.magnitude.requires_grad_(True)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Only the adapter weights, keyed as in `model.state_dict()` (e.g. `...q_proj.lora_a.weight`).
+    """Only the adapter weights, keyed as in `model.state_dict()` (e.g. `...q_proj.lora_a.weight`,
+    and `...q_proj.magnitude` for DoRA layers).
 
     Load them back with `model.load_state_dict(sd, strict=False)` after `apply_lora`.
     """
@@ -190,6 +297,8 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     for path, module in _lora_modules(model):
         state[f"{path}.lora_a.weight"] = module.lora_a.weight.detach()
         state[f"{path}.lora_b.weight"] = module.lora_b.weight.detach()
+        if module.magnitude is not None:
+            state[f"{path}.magnitude"] = module.magnitude.detach()
     return state
 
 
@@ -203,3 +312,33 @@ def unmerge_lora(model: nn.Module) -> None:
     """Undo `merge_lora` on every LoRALinear."""
     for _, module in _lora_modules(model):
         module.unmerge()
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[None]:
+    """Inside the `with` block every LoRALinear (LoRA or DoRA) computes its base layer alone.
+
+    The base model without a copy of its weights, e.g. DPO's frozen reference model:
+
+        with torch.no_grad(), disable_adapters(policy):
+            reference_logits = policy(tokens)
+
+    The previous state comes back on exit, exception or not. Raises ValueError if the model has no
+    LoRA layers (it would be its own "base") or has merged ones (their base weight is gone). Under
+    activation checkpointing, backpropagate inside the block what was computed inside it: the
+    recomputed forward would otherwise run with the adapters.
+    """
+    modules = _lora_modules(model)
+    if not modules:
+        raise ValueError("disable_adapters: the model has no LoRA layers")
+    merged = [path for path, module in modules if module.merged]
+    if merged:
+        raise ValueError(f"disable_adapters: unmerge these LoRA layers first: {', '.join(merged)}")
+    previous = [module.disabled for _, module in modules]
+    try:
+        for _, module in modules:
+            module.disabled = True
+        yield
+    finally:
+        for (_, module), was in zip(modules, previous, strict=True):
+            module.disabled = was

@@ -9,6 +9,12 @@ fused module: A stacks the parts' A matrices and B places each part's B in its o
 columns, a rank-(sum of ranks) update that equals the parts' updates exactly. `rank_pattern` and
 `alpha_pattern` record the larger rank and keep the scaling. Loading does the reverse, giving
 every part the fused A and its rows of B.
+
+DoRA adapters (`use_dora: true`) add each module's magnitude vector (out,) as
+`base_model.model.<module path>.lora_magnitude_vector`, the name PEFT 0.18 saves. A fused
+module's magnitude is its parts' magnitudes concatenated (each row belongs to one part; a part
+without an adapter contributes its base weight's row norms, its DoRA identity), and loading gives
+each part its rows.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +37,7 @@ from .hf_checkpoint import (
     model_kwargs_from_hf_config,
     write_json,
 )
-from .lora import LoRALinear
+from .lora import LoRALinear, _dense
 from .models.llama import HF_ARCHITECTURES, HFArchitecture, Transformer
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_peft_adapter", "save_peft_adapter"]
@@ -40,10 +46,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 _PREFIX = "base_model.model."
+_MAGNITUDE = "lora_magnitude_vector"  # PEFT's saved name of a DoRA magnitude (no `.weight`)
 
 # adapter_config.json settings that change what the weights mean; loading refuses other values.
 _SUPPORTED = {
-    "use_dora": False,
     "use_rslora": False,
     "fan_in_fan_out": False,
     "bias": "none",
@@ -51,6 +57,15 @@ _SUPPORTED = {
     "layers_to_transform": None,
     "lora_bias": False,
 }
+
+
+class _Adapter(NamedTuple):
+    """One PEFT module's adapter: A (rank, in), B (out, rank), alpha and DoRA's magnitude (out,)."""
+
+    a: Tensor
+    b: Tensor
+    alpha: float
+    magnitude: Tensor | None
 
 
 def save_peft_adapter(
@@ -63,15 +78,16 @@ def save_peft_adapter(
     lora = {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
     if not lora:
         raise ValueError("the model has no LoRA layers to save (see runtime.lora.apply_lora)")
+    use_dora = _use_dora(lora)
     arch = _arch(model)
-    adapters: dict[str, tuple[Tensor, Tensor, float]] = {}  # PEFT module -> (A, B, alpha)
+    adapters: dict[str, _Adapter] = {}  # PEFT module path -> its adapter
     for path in lora:
         hf_path, parts = _fused_path(path, arch)
         if hf_path not in adapters:
             adapters[hf_path] = _fused_adapter(model, hf_path, parts, lora)
     # The most common (rank, alpha) is the default; the others go into PEFT's patterns.
-    ranks = {path: a.shape[0] for path, (a, _, _) in adapters.items()}
-    alphas = {path: alpha for path, (_, _, alpha) in adapters.items()}
+    ranks = {path: adapter.a.shape[0] for path, adapter in adapters.items()}
+    alphas = {path: adapter.alpha for path, adapter in adapters.items()}
     rank, alpha = Counter((ranks[p], alphas[p]) for p in adapters).most_common(1)[0][0]
     dropout = next(iter(lora.values())).dropout
     config = {
@@ -89,13 +105,15 @@ def save_peft_adapter(
         "inference_mode": True,
         "init_lora_weights": True,
         "modules_to_save": None,
-        "use_dora": False,
+        "use_dora": use_dora,
         "use_rslora": False,
     }
     tensors: dict[str, Tensor] = {}
-    for path, (a, b, _) in adapters.items():
-        tensors[f"{_PREFIX}{path}.lora_A.weight"] = a
-        tensors[f"{_PREFIX}{path}.lora_B.weight"] = b
+    for path, adapter in adapters.items():
+        tensors[f"{_PREFIX}{path}.lora_A.weight"] = adapter.a
+        tensors[f"{_PREFIX}{path}.lora_B.weight"] = adapter.b
+        if adapter.magnitude is not None:
+            tensors[f"{_PREFIX}{path}.{_MAGNITUDE}"] = adapter.magnitude
     out = Path(out_dir)
     with atomic_dir(out, overwrite=overwrite) as temp:
         _write_safetensors(_prepare_tensors(tensors), temp / ADAPTER_WEIGHTS)
@@ -107,6 +125,7 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:
     """Wrap the model's layers named by a PEFT LoRA adapter and load its weights; return the
     wrapped module paths. The base weights are untouched (freeze them with
     `mark_only_lora_trainable`). Adapters for fused Phi-3 modules are split onto q/k/v, gate/up.
+    A DoRA adapter (`use_dora: true`) gives DoRA layers with the saved magnitudes.
     """
     folder = Path(adapter_dir)
     config = _read_adapter_config(folder / ADAPTER_CONFIG)
@@ -114,8 +133,8 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:
     arch = _arch(model)
     modules = dict(model.named_modules())
     wrapped: list[str] = []
-    for hf_path, (a, b) in _adapter_pairs(weights, folder / ADAPTER_WEIGHTS).items():
-        rank = a.shape[0]
+    adapters = _read_adapters(weights, folder / ADAPTER_WEIGHTS, use_dora=config["use_dora"])
+    for hf_path, (a, b, magnitude) in adapters.items():
         alpha = _pattern_value(config["alpha_pattern"], hf_path, config["lora_alpha"])
         parts = _split_path(hf_path, arch)
         rows = 0
@@ -126,19 +145,15 @@ def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:
                     f"{folder / ADAPTER_WEIGHTS}: module {hf_path!r} is not a linear layer of"
                     " this model"
                 )
-            part_b = b[rows : rows + linear.out_features]
+            own = slice(rows, rows + linear.out_features)  # this part's rows of B and magnitude
             rows += linear.out_features
-            if a.shape[1] != linear.in_features or part_b.shape[0] != linear.out_features:
+            if a.shape[1] != linear.in_features or b[own].shape[0] != linear.out_features:
                 raise CheckpointError(
                     f"{folder / ADAPTER_WEIGHTS}: the adapter of {hf_path!r} has shapes"
                     f" {tuple(a.shape)}, {tuple(b.shape)}, which do not fit the model"
                 )
-            module = LoRALinear.from_linear(
-                linear, rank=rank, alpha=alpha, dropout=config["lora_dropout"]
-            )
-            with torch.no_grad():
-                module.lora_a.weight.copy_(a)
-                module.lora_b.weight.copy_(part_b)
+            part_m = None if magnitude is None else magnitude[own]
+            module = _wrap(linear, a, b[own], part_m, alpha=alpha, dropout=config["lora_dropout"])
             parent, _, name = path.rpartition(".")
             setattr(modules[parent] if parent else model, name, module)
             wrapped.append(path)
@@ -161,6 +176,27 @@ def _arch(model: Transformer) -> HFArchitecture:
     return HF_ARCHITECTURES[name]
 
 
+def _wrap(
+    linear: nn.Linear,
+    a: Tensor,
+    b: Tensor,
+    magnitude: Tensor | None,
+    *,
+    alpha: float,
+    dropout: float,
+) -> LoRALinear:
+    """`linear` wrapped in a LoRALinear (DoRA when there is a magnitude) holding these weights."""
+    module = LoRALinear.from_linear(
+        linear, rank=a.shape[0], alpha=alpha, dropout=dropout, use_dora=magnitude is not None
+    )
+    with torch.no_grad():
+        module.lora_a.weight.copy_(a)
+        module.lora_b.weight.copy_(b)
+        if magnitude is not None:
+            module.magnitude.copy_(magnitude)
+    return module
+
+
 def _fused_path(path: str, arch: HFArchitecture) -> tuple[str, list[str]]:
     """Our module path -> the checkpoint's module path and our paths fused into it."""
     for fused, parts in arch.fused.items():
@@ -179,14 +215,24 @@ def _split_path(hf_path: str, arch: HFArchitecture) -> list[str]:
     return [hf_path]
 
 
+def _use_dora(lora: Mapping[str, LoRALinear]) -> bool:
+    """Whether the LoRA layers are DoRA layers; PEFT's config has one switch for all of them."""
+    kinds = {module.magnitude is not None for module in lora.values()}
+    if len(kinds) > 1:
+        raise ValueError("PEFT needs all LoRA layers to be DoRA layers or none (use_dora differs)")
+    return kinds.pop()
+
+
 def _fused_adapter(
     model: Transformer, hf_path: str, parts: list[str], lora: Mapping[str, LoRALinear]
-) -> tuple[Tensor, Tensor, float]:
-    """(A, B, alpha) of one PEFT module: a part's own, or the block-diagonal fusion of parts with
+) -> _Adapter:
+    """The adapter of one PEFT module: a part's own, or the block-diagonal fusion of parts with
     alpha raised so that alpha / (sum of ranks) is the parts' common scaling."""
     if len(parts) == 1:
         module = lora[parts[0]]
-        return module.lora_a.weight.detach(), module.lora_b.weight.detach(), module.alpha
+        magnitude = None if module.magnitude is None else module.magnitude.detach()
+        a, b = module.lora_a.weight.detach(), module.lora_b.weight.detach()
+        return _Adapter(a, b, module.alpha, magnitude)
     modules = dict(model.named_modules())
     with_lora = [lora[p] for p in parts if p in lora]
     if len({m.scaling for m in with_lora}) != 1:
@@ -203,7 +249,19 @@ def _fused_adapter(
             b[row : row + rows, col : col + rank] = lora[part].lora_b.weight.detach()
             col += rank
         row += rows
-    return a, b, with_lora[0].scaling * a.shape[0]
+    magnitude = None
+    if with_lora[0].magnitude is not None:
+        magnitude = torch.cat([_part_magnitude(modules[p]) for p in parts])  # (sum out,)
+    return _Adapter(a, b, with_lora[0].scaling * a.shape[0], magnitude)
+
+
+def _part_magnitude(module: nn.Module) -> Tensor:
+    """A fused part's rows of the DoRA magnitude: its own, or for a part without an adapter the
+    norms that make its DoRA scale 1 (m = ||W + 0||, computed as `LoRALinear.weight_norm` does)."""
+    if isinstance(module, LoRALinear):
+        return module.magnitude.detach()
+    weight = module.weight.detach()
+    return torch.linalg.norm(_dense(weight), dim=1).to(weight.dtype)
 
 
 def _patterns(values: Mapping[str, float], default: float) -> dict[str, float]:
@@ -241,20 +299,44 @@ def _read_adapter_config(path: Path) -> dict[str, Any]:
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)):
             raise CheckpointError(f"{path}: {key} is missing or not a number")
+    if not isinstance(config.setdefault("use_dora", False), bool):
+        raise CheckpointError(f"{path}: use_dora is not true or false")
     config.setdefault("lora_dropout", 0.0)
     config["alpha_pattern"] = config.get("alpha_pattern") or {}
     return config
 
 
-def _adapter_pairs(weights: Mapping[str, Tensor], file: Path) -> dict[str, tuple[Tensor, Tensor]]:
-    """PEFT module path -> (lora_A weight, lora_B weight), checking that each has both."""
-    pairs: dict[str, dict[str, Tensor]] = {}
+# An adapter file's tensor names: PEFT saves `lora_A.weight`, `lora_B.weight` and
+# `lora_magnitude_vector`; the in-memory names (with `.default`, the adapter name) are accepted too.
+_KEY = re.compile(
+    rf"{re.escape(_PREFIX)}(?P<path>.+)\."
+    r"(?:lora_(?P<ab>[AB])(?:\.default)?\.weight|lora_magnitude_vector(?:\.default\.weight)?)"
+)
+
+
+def _read_adapters(
+    weights: Mapping[str, Tensor], file: Path, *, use_dora: bool
+) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+    """PEFT module path -> (lora_A, lora_B, DoRA magnitude or None), checking that each module has
+    a matching A / B pair, and a magnitude exactly when the config says `use_dora`."""
+    found: dict[str, dict[str, Tensor]] = {}
     for key, tensor in weights.items():
-        match = re.fullmatch(rf"{re.escape(_PREFIX)}(.+)\.lora_([AB])(?:\.default)?\.weight", key)
+        match = _KEY.fullmatch(key)
         if not match:
-            raise CheckpointError(f"{file}: tensor {key!r} is not a LoRA A/B weight")
-        pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
-    for path, pair in pairs.items():
-        if set(pair) != {"A", "B"} or pair["A"].shape[0] != pair["B"].shape[1]:
+            raise CheckpointError(f"{file}: tensor {key!r} is not a LoRA A/B weight or magnitude")
+        found.setdefault(match["path"], {})[match["ab"] or "M"] = tensor
+    for path, tensors in found.items():
+        if {"A", "B"} - set(tensors) or tensors["A"].shape[0] != tensors["B"].shape[1]:
             raise CheckpointError(f"{file}: module {path!r} lacks a matching lora_A / lora_B pair")
-    return {path: (pair["A"], pair["B"]) for path, pair in pairs.items()}
+        if ("M" in tensors) != use_dora:
+            state = "lacks a" if use_dora else "has a"
+            raise CheckpointError(
+                f"{file}: module {path!r} {state} DoRA magnitude but the adapter config says"
+                f" use_dora={use_dora}"
+            )
+        if use_dora and tensors["M"].shape != tensors["B"].shape[:1]:
+            raise CheckpointError(
+                f"{file}: the DoRA magnitude of {path!r} has shape {tuple(tensors['M'].shape)},"
+                f" not ({tensors['B'].shape[0]},)"
+            )
+    return {path: (t["A"], t["B"], t.get("M")) for path, t in found.items()}

@@ -7,23 +7,43 @@ Then review `git diff tests/golden` as you would review code: it is what users w
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+import torch
+
 from tunegen.compiler.pipeline import compile_spec
+from tunegen.runtime.hf_checkpoint import hf_config_for
+from tunegen.runtime.models import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 
 
 def golden_outputs() -> dict[Path, str]:
-    """Golden file -> text, compiled from the repo root so that paths in them are repo-relative."""
-    os.chdir(REPO)
-    outputs = {}
-    for spec in sorted(Path("specs").glob("*.yaml")):
-        compiled = compile_spec(spec, "generated")
-        outputs[GOLDEN / f"{compiled.spec.name}.py"] = compiled.rendered.recipe
-        outputs[GOLDEN / f"{compiled.spec.name}.yaml"] = compiled.rendered.config
+    """Golden file -> text, compiled in a copy of the repo's specs so paths are repo-relative.
+
+    The kd spec's teacher is the demo's trained model (`runs/demo/hf_model`); the copy gets a
+    stand-in config.json there, which is all that compiling reads.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(REPO / "specs", root / "specs")
+        teacher = root / "runs" / "demo" / "hf_model"
+        teacher.mkdir(parents=True)
+        with torch.device("meta"):
+            config = hf_config_for(tiny())
+        (teacher / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        os.chdir(root)
+        outputs = {}
+        for spec in sorted(Path("specs").glob("*.yaml")):
+            compiled = compile_spec(spec, "generated")
+            outputs[GOLDEN / f"{compiled.spec.name}.py"] = compiled.rendered.recipe
+            outputs[GOLDEN / f"{compiled.spec.name}.yaml"] = compiled.rendered.config
+        os.chdir(REPO)
     return outputs
 
 

@@ -19,7 +19,7 @@ from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.examples import DroppedRecord
 from tunegen.runtime.data.packing import pack_examples
 
-__all__ = ["DatasetStats", "dataset_stats"]
+__all__ = ["DatasetStats", "dataset_stats", "item_sequences"]
 
 # How many dropped records are listed by line (all are counted).
 _DROPPED_LISTED = 5
@@ -51,22 +51,37 @@ class DatasetStats:
     batch_size: int
     batches: int
     padding_share: float
-    packs: int | None  # None without max_seq_len
+    packs: int | None  # None without max_seq_len, and for preference pairs
     packed_padding_share: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def item_sequences(item: dict[str, list[int]]) -> dict[str, tuple[list[int], list[int]]]:
+    """The token sequences of one dataset item, by name: `""` for a plain `{"tokens", "labels"}`
+    item, `"chosen"` and `"rejected"` for a preference pair."""
+    if "tokens" in item:
+        return {"": (item["tokens"], item["labels"])}
+    return {
+        side: (item[f"{side}_tokens"], item[f"{side}_labels"]) for side in ("chosen", "rejected")
+    }
+
+
 def dataset_stats(dataset: Dataset, *, batch_size: int) -> DatasetStats:
-    """Count what `dataset` yields; see `DatasetStats` for what each number means."""
+    """Count what `dataset` yields; see `DatasetStats` for what each number means.
+
+    A preference pair counts as one sample of two sequences; a batch of B pairs is 2B rows.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    lengths, loss_tokens = [], 0
+    lengths, loss_tokens, rows_per_item = [], 0, 1
     for index in range(len(dataset)):
-        item = dataset[index]
-        lengths.append(len(item["tokens"]))
-        loss_tokens += sum(1 for label in item["labels"] if label != IGNORE_INDEX)
+        sequences = item_sequences(dataset[index])
+        rows_per_item = len(sequences)
+        for tokens, labels in sequences.values():
+            lengths.append(len(tokens))
+            loss_tokens += sum(1 for label in labels if label != IGNORE_INDEX)
     if not lengths:
         raise ValueError("the dataset has no samples")
     max_seq_len = getattr(dataset, "max_seq_len", None)
@@ -77,12 +92,12 @@ def dataset_stats(dataset: Dataset, *, batch_size: int) -> DatasetStats:
         truncated_samples = sum(1 for n in untruncated if n > max_seq_len)
         truncated_tokens = sum(n - max_seq_len for n in untruncated if n > max_seq_len)
     packs = packed_share = None
-    if max_seq_len is not None:
+    if max_seq_len is not None and rows_per_item == 1:  # preference rows are never packed
         packs = len(pack_examples(lengths, max_seq_len))
         packed_share = _waste(sum(lengths), packs * max_seq_len)
-    batches = _batches(lengths, batch_size)
+    batches = _batches(lengths, batch_size * rows_per_item)
     return DatasetStats(
-        samples=len(lengths),
+        samples=len(dataset),
         dropped=len(dropped),
         dropped_records=[d._asdict() for d in dropped[:_DROPPED_LISTED]],
         tokens=sum(lengths),

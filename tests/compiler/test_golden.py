@@ -70,13 +70,50 @@ def _names(source: str) -> set[str]:
     return names
 
 
+# The names only each method's recipe may use: a recipe holds no code of another method.
+METHOD_NAMES = {
+    "lora": {"apply_lora", "lora_state_dict", "mark_only_lora_trainable"},
+    "dora": {"use_dora"},
+    "qlora": {"quantize_base_weights"},
+    "dpo": {"sequence_logps", "preference_metrics", "preference_collate"},
+    "dpo_lora": {"disable_adapters"},
+    "dpo_full": {"reference_model", "deepcopy"},
+    "kd": {"teacher_model", "kd_loss_fn", "kd_weight"},
+}
+
+
+def _features(spec: dict) -> set[str]:
+    """Which entries of METHOD_NAMES the spec's recipe needs."""
+    method = spec["method"]
+    section = spec.get(method) or {}
+    default_lora = {"dpo": True, "kd": False}
+    adapters = method in ("lora", "dora", "qlora") or section.get(
+        "use_lora", default_lora.get(method, False)
+    )
+    dora = method == "dora" or (adapters and (spec.get("lora") or {}).get("use_dora", False))
+    features = {"lora"} if adapters else set()
+    features |= {"dora"} if dora else set()
+    features |= {method} & {"qlora", "dpo", "kd"}
+    if method == "dpo":
+        features.add("dpo_lora" if adapters else "dpo_full")
+    return features
+
+
+def test_every_method_has_a_builtin_spec():
+    from tunegen.compiler.schema import METHODS
+
+    methods = {yaml.safe_load(p.read_text())["method"] for p in SPECS}
+    assert methods == set(METHODS)
+
+
 @pytest.mark.parametrize("spec_path", SPECS, ids=lambda p: p.stem)
 def test_recipe_holds_only_the_code_its_spec_asks_for(spec_path, outputs):
     spec = yaml.safe_load(spec_path.read_text())
     names = _names(outputs[GOLDEN / f"{spec['name']}.py"])
-    lora_names = {"apply_lora", "lora_state_dict", "mark_only_lora_trainable"}
-    assert (lora_names <= names) == (spec["method"] == "lora")
-    assert bool(lora_names & names) == (spec["method"] == "lora")
+    features = _features(spec)
+    for feature, feature_names in METHOD_NAMES.items():
+        assert (feature_names <= names) == (feature in features), feature
+        assert bool(feature_names & names) == (feature in features), feature
     assert ("exact_match_accuracy" in names) == ("eval" in spec)
     clip = spec.get("training", {}).get("clip_grad_norm", 1.0) is not None
     assert ("clip_grad_norm_" in names) == clip

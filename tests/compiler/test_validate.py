@@ -69,7 +69,7 @@ def test_good_spec_validates_with_defaults(write_spec):
         ),
         (
             ("method: lora", "method: lorra"),
-            "spec.yaml:2: method: 'lorra' is not one of full, lora; did you mean 'lora'?",
+            "spec.yaml:2: method: 'lorra' is not one of full, lora, dora, qlora, dpo, kd; did you mean 'lora'?",
         ),
         (
             ("model: tiny", "model: tinyy"),
@@ -118,7 +118,7 @@ def test_missing_required_keys(write_spec):
 
 def test_lora_section_with_full_method_is_refused(write_spec):
     lines = errors_for(write_spec, GOOD.replace("method: lora", "method: full"))
-    assert lines == [lines[0]] and "lora: only used with method: lora" in lines[0]
+    assert lines == [lines[0]] and "lora: only used with method: lora, dora or qlora" in lines[0]
 
 
 def test_bad_yaml_reports_line(write_spec):
@@ -136,3 +136,135 @@ def test_spec_that_is_not_a_mapping(write_spec):
     assert errors_for(write_spec, "- a\n- b\n")[0].endswith(
         "spec.yaml:1: a spec is a mapping of keys"
     )
+
+
+PREFERENCE = "data: {path: data/pref.jsonl, format: preference, template: alpaca, max_seq_len: 64}"
+NO_LORA = ("lora: {rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            [("method: lora", "method: dpo")],
+            "data.format: method: dpo needs data.format: preference",
+        ),
+        (
+            [
+                (
+                    "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
+                    PREFERENCE,
+                )
+            ],
+            "data.format: preference data is for method: dpo (this spec has lora)",
+        ),
+        ([("training:", "dpo: {beta: 0.2}\ntraining:")], "dpo: only used with method: dpo"),
+        (
+            [("method: lora", "method: kd"), NO_LORA],
+            "method: method: kd needs a kd section with kd.teacher",
+        ),
+        (
+            [
+                ("method: lora", "method: kd"),
+                NO_LORA,
+                ("training:", "kd: {teacher: tiny}\ntraining:"),
+            ],
+            "kd.teacher: built-in 'tiny' is randomly initialised",
+        ),
+        (
+            [
+                ("method: lora", "method: kd"),
+                NO_LORA,
+                ("training:", "kd: {teacher: nowhere}\ntraining:"),
+            ],
+            "kd.teacher: 'nowhere' is not a checkpoint dir with a config.json",
+        ),
+        (
+            [("method: lora", "method: dora"), ("dropout: 0.0,", "use_dora: false,")],
+            "lora.use_dora: method: dora always uses DoRA",
+        ),
+        (
+            [
+                ("method: lora", "method: dpo"),
+                (
+                    "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
+                    PREFERENCE,
+                ),
+                ("training:", "dpo: {use_lora: false}\ntraining:"),
+            ],
+            "lora: only used with method: lora, dora or qlora; with method: dpo, set dpo.use_lora: true",
+        ),
+        (
+            [
+                ("method: lora", "method: dpo"),
+                (
+                    "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
+                    PREFERENCE,
+                ),
+                ("training:", "dpo: {loss: ipo, label_smoothing: 0.1}\ntraining:"),
+            ],
+            "dpo.label_smoothing: only used with dpo.loss: sigmoid",
+        ),
+        (
+            [
+                ("method: lora", "method: dpo"),
+                (
+                    "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
+                    PREFERENCE.replace("}", ", train_on_input: true}"),
+                ),
+            ],
+            "data.train_on_input: only used with data.format: instruct or chat",
+        ),
+        (
+            [("method: lora", "method: full")],
+            "lora: only used with method: lora, dora or qlora; this spec has method: full",
+        ),
+        (
+            [("method: lora", "method: qlora"), ("rank: 4", "rank: 0")],
+            "lora.rank: must be at least 1",
+        ),
+    ],
+)
+def test_method_combinations_that_cannot_work_are_refused(write_spec, tmp_path, changes, expected):
+    (tmp_path / "data" / "pref.jsonl").write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+    )
+    text = GOOD
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    lines = errors_for(write_spec, text)
+    assert len(lines) == 1, lines
+    assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "adapters", "dora"),
+    [
+        ("dora", "", True, True),
+        ("qlora", "", True, False),
+        ("lora", "", True, False),
+        ("dpo", "", True, False),
+        ("dpo", "dpo: {use_lora: false}\n", False, False),
+    ],
+)
+def test_method_combinations_that_work_validate(
+    write_spec, tmp_path, method, extra, adapters, dora
+):
+    from tunegen.compiler.schema import uses_adapters, uses_dora
+
+    (tmp_path / "data" / "pref.jsonl").write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+    )
+    text = GOOD.replace("method: lora", f"method: {method}")
+    if method == "dpo":
+        text = text.replace(
+            "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
+            PREFERENCE,
+        )
+    if not adapters:
+        text = text.replace(
+            "lora: {rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}\n", ""
+        )
+    spec = validate_spec(parse_spec(write_spec(text + extra)))
+    assert (uses_adapters(spec), uses_dora(spec)) == (adapters, dora)

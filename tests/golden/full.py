@@ -147,6 +147,7 @@ class FullFinetuneRecipe:
                 # The loss is a sum over tokens. Dividing the gradients by the window's
                 # token count keeps accumulation exact for batches of unequal length.
                 scale_grads(self.model, 1.0 / max(num_tokens, 1))
+                metrics = {"loss": loss_sum / max(num_tokens, 1)}
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), self.cfg.training.clip_grad_norm
                 )
@@ -154,7 +155,7 @@ class FullFinetuneRecipe:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 self._log_step(
-                    loss=loss_sum / max(num_tokens, 1),
+                    **metrics,
                     grad_norm=grad_norm.item(),
                     tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
                 )

@@ -87,6 +87,8 @@ class LoRAFinetuneRecipe:
 
     def _setup_model(self) -> torch.nn.Module:
         model = instantiate(self.cfg.model)
+        model = model.to(device=self.device, dtype=self.dtype)
+        # Adapters go on last, so they start from the base weights training will see.
         apply_lora(
             model,
             targets=list(self.cfg.lora.targets),
@@ -95,7 +97,6 @@ class LoRAFinetuneRecipe:
             dropout=self.cfg.lora.dropout,
         )
         mark_only_lora_trainable(model)
-        model = model.to(device=self.device, dtype=self.dtype)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
@@ -157,6 +158,7 @@ class LoRAFinetuneRecipe:
                 # The loss is a sum over tokens. Dividing the gradients by the window's
                 # token count keeps accumulation exact for batches of unequal length.
                 scale_grads(self.model, 1.0 / max(num_tokens, 1))
+                metrics = {"loss": loss_sum / max(num_tokens, 1)}
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), self.cfg.training.clip_grad_norm
                 )
@@ -164,7 +166,7 @@ class LoRAFinetuneRecipe:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 self._log_step(
-                    loss=loss_sum / max(num_tokens, 1),
+                    **metrics,
                     grad_norm=grad_norm.item(),
                     tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
                 )

@@ -79,6 +79,9 @@ def test_from_linear_shares_base_tensors_and_keeps_dtype() -> None:
     assert not layer.lora_a.weight.is_meta and layer.lora_a.weight.abs().sum() > 0
     x = torch.randn(2, 8, dtype=torch.bfloat16)
     torch.testing.assert_close(layer(x), linear(x), rtol=0, atol=0)
+    # The wrapper takes over the layer's train/eval mode (dropout must not switch on in eval).
+    assert layer.training
+    assert not LoRALinear.from_linear(linear.eval(), rank=2, alpha=4.0, dropout=0.5).training
 
 
 def test_dropout_only_touches_lora_branch() -> None:

@@ -139,9 +139,18 @@ def test_adapter_settings_we_do_not_implement_are_refused(tmp_path: Path) -> Non
         trained_lora_model(base_dir), tmp_path / "adapter", base_model="some/base"
     )
     config = json.loads((out / "adapter_config.json").read_text())
-    (out / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(CheckpointError, match="use_dora=True is not supported"):
+    (out / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    with pytest.raises(CheckpointError, match="use_rslora=True is not supported"):
         load_peft_adapter(load_model(base_dir), out)
+    # A DoRA config needs a magnitude for every module.
+    (out / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(CheckpointError, match="lacks a DoRA magnitude"):
+        load_peft_adapter(load_model(base_dir), out)
+    mixed = load_model(base_dir)
+    apply_lora(mixed, targets=["q_proj"], rank=4, alpha=8.0)
+    apply_lora(mixed, targets=["v_proj"], rank=4, alpha=8.0, use_dora=True)
+    with pytest.raises(ValueError, match="DoRA layers or none"):
+        save_peft_adapter(mixed, tmp_path / "mixed", base_model="x")
     with pytest.raises(ValueError, match="no LoRA layers"):
         save_peft_adapter(load_model(base_dir), tmp_path / "empty", base_model="x")
     with pytest.raises(CheckpointError, match="already exists and is not empty"):

@@ -314,3 +314,46 @@ def test_bad_data_is_one_line_exit_2(small_spec: Path, lines, message) -> None:
     assert message in result.stderr and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_preference_pairs_show_export_and_count_both_sides(workdir) -> None:
+    pairs = [
+        {"prompt": "Name a colour.", "chosen": "red", "rejected": "seven"},
+        {"prompt": "Count to two.", "chosen": "one two", "rejected": "two one"},
+        {"prompt": "Say yes.", "chosen": "yes", "rejected": "no"},
+    ]
+    write_jsonl(workdir / "pref.jsonl", pairs)
+    (workdir / "spec.yaml").write_text(
+        "name: p\nmethod: dpo\nmodel: tiny\n"
+        "data: {path: pref.jsonl, format: preference, template: plain, max_seq_len: 32}\n"
+        "training: {batch_size: 2}\n"
+    )
+    code, out = run_data("spec.yaml", "--show", "1", "--export", "rows.jsonl")
+    assert code == 0, out
+    assert "(chosen)" in out and "(rejected)" in out and out.count("[</s>]") == 2
+    cfg = load_data_config_for("spec.yaml")
+    dataset = instantiate(cfg.dataset, tokenizer=builtin_tokenizer("tiny"))
+    rows = read_export(workdir / "rows.jsonl")
+    assert rows == [
+        {
+            "chosen_input_ids": dataset[i]["chosen_tokens"],
+            "chosen_labels": dataset[i]["chosen_labels"],
+            "rejected_input_ids": dataset[i]["rejected_tokens"],
+            "rejected_labels": dataset[i]["rejected_labels"],
+        }
+        for i in range(3)
+    ]
+    code, out = run_data("spec.yaml", "--json")
+    stats = json.loads(out)
+    lengths = [len(r[k]) for r in rows for k in ("chosen_input_ids", "rejected_input_ids")]
+    assert stats["samples"] == 3 and stats["tokens"] == sum(lengths)
+    # batch_size 2 pairs = 4 rows per batch, padded to the longest of the four
+    padded = 4 * max(lengths[:4]) + 2 * max(lengths[4:])
+    assert stats["padding_share"] == pytest.approx((padded - sum(lengths)) / padded)
+    assert stats["packs"] is None
+
+
+def load_data_config_for(path: str):
+    from tunegen.compiler.data import load_data_config
+
+    return load_data_config(Path(path), [], is_spec=True)
