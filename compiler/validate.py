@@ -241,7 +241,7 @@ def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None
         problem("dpo.label_smoothing", "only used with dpo.loss: sigmoid")
     if spec.method == "kd":
         if spec.kd is None:
-            problem("method", "method: kd needs a kd section with kd.teacher (a checkpoint dir)")
+            problem("method", "kd needs a kd section with kd.teacher (a checkpoint dir)")
         else:
             _check_teacher(spec, parsed, problem)
 
@@ -352,6 +352,8 @@ def _check_files(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
         if value is None:
             continue
         path = resolve_spec_path(parsed, value)
+        if key_path == "tokenizer" and path.is_dir():
+            continue  # a tokenizer dir: load_tokenizer finds its files, or says what is missing
         if not path.is_file():
             problem(key_path, f"file {value!r} not found (looked in {path.parent})")
         elif key_path != "tokenizer" and path.suffix not in (".json", ".jsonl"):
@@ -373,7 +375,7 @@ def _join(key_path: str, key: str) -> str:
 
 def _did_you_mean(word: str, options: Any, key_path: str | None) -> str:
     """`; did you mean 'x'?` for the closest option, or the same key in another section."""
-    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.7)
     if close:
         return f"; did you mean {close[0]!r}?"
     if key_path is not None:

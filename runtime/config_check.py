@@ -47,6 +47,7 @@ from .config import (
 )
 
 __all__ = [
+    "RECIPE_KEY_TYPES",
     "RECIPE_SUPPLIED_ARGS",
     "Problem",
     "check_config",
@@ -64,6 +65,34 @@ RECIPE_SUPPLIED_ARGS: dict[str, tuple[str, ...]] = {
 
 The config must not set them (the recipe's value would silently win), and their absence is fine.
 """
+
+RECIPE_KEY_TYPES: dict[str, Any] = {
+    "training.epochs": int,
+    "training.max_steps": int | None,
+    "training.batch_size": int,
+    "training.grad_accum": int,
+    "training.lr": float,
+    "training.weight_decay": float,
+    "training.warmup_steps": int,
+    "training.clip_grad_norm": float,
+    "training.save_every_n_steps": int | None,
+    "training.resume": bool | str,
+    "training.kd_weight": float,
+    "dataloader.batch_size": int,
+    "dataloader.shuffle": bool,
+    "logging.every_n_steps": int,
+    "environment.device": str,
+    "environment.dtype": str,
+    "environment.seed": int,
+    "lora.rank": int,
+    "lora.alpha": float,
+    "lora.dropout": float,
+    "lora.targets": list[str],
+    "eval.max_samples": int | None,
+    "eval.max_new_tokens": int,
+}
+"""Types of the keys generated recipes read themselves (not through a component's signature), so
+that `training.epochs=abc` is a pre-flight error rather than a crash mid-setup."""
 
 _CREATED_DIR_KEYS = ("output_dir", "log_dir")
 """Directory keys the recipe creates, so they need not exist beforehand."""
@@ -188,11 +217,26 @@ class _Checker:
                 covered = True
             self.container(raw, path, reads, covered)
             value = raw
+            _check_recipe_key_type(self, path, value)
         else:
             value = raw._value()
+            _check_recipe_key_type(self, path, value)
         # An interpolated section is checked where it is defined, not again here.
         if isinstance(key, str) and _is_path_key(key) and not isinstance(value, DictConfig):
             _check_files(self, key, value, path)
+
+
+def _check_recipe_key_type(checker: _Checker, path: str, value: Any) -> None:
+    """A key the recipe reads directly must hold the type the recipe computes with."""
+    expected = RECIPE_KEY_TYPES.get(path)
+    if expected is None:
+        return
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if not _matches(value, expected):
+        checker.report(
+            path, f"the recipe needs {_describe(expected)} here, got {_describe_value(value)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

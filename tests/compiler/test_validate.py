@@ -161,7 +161,7 @@ NO_LORA = ("lora: {rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}\n
         ([("training:", "dpo: {beta: 0.2}\ntraining:")], "dpo: only used with method: dpo"),
         (
             [("method: lora", "method: kd"), NO_LORA],
-            "method: method: kd needs a kd section with kd.teacher",
+            "method: kd needs a kd section with kd.teacher",
         ),
         (
             [

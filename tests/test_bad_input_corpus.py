@@ -1,0 +1,442 @@
+"""The malformed-input corpus: every bad input a user can hand tunegen gives one clean line.
+
+Each case writes its files into a fresh working directory, runs one `tunegen` command in this
+process (as the console script does: `main()` with `sys.argv`) and checks the result: exit status
+2, exactly one line on stderr starting with `error:` and holding the expected words, and no
+traceback anywhere. Categories: specs, configs and overrides, data files, checkpoints, tokenizers.
+`test_corpus_size_and_coverage` prints the corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunegen.compiler.cli import main
+from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
+from tunegen.runtime.models import llama
+
+INSTRUCT = '{"instruction": "Say hi.", "output": "hi"}\n'
+SPEC = """\
+name: bad
+method: full
+model: tiny
+data: {path: train.jsonl, max_seq_len: 64}
+training: {max_steps: 1, batch_size: 1}
+"""
+HF_SPEC = """\
+name: bad
+method: full
+model: ckpt
+tokenizer: tok.model
+data: {path: train.jsonl, template: plain, max_seq_len: 64}
+training: {max_steps: 1, batch_size: 1}
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad input: the files it writes, the command, and words the one error line must hold."""
+
+    category: str
+    files: dict[str, str | bytes]
+    argv: list[str]
+    expect: str
+    setup: Callable[[Path], None] | None = field(default=None)
+
+
+def _spec_with(old: str, new: str, text: str = SPEC) -> dict[str, str]:
+    assert old in text
+    return {"spec.yaml": text.replace(old, new), "train.jsonl": INSTRUCT}
+
+
+def _compiled(*extra: str) -> list[str]:
+    """argv that compiles the good spec, then runs its recipe with `extra` overrides."""
+    return ["run", "generated/bad.py", *extra]
+
+
+def _good_recipe(workdir: Path) -> None:
+    (workdir / "spec.yaml").write_text(SPEC)
+    (workdir / "train.jsonl").write_text(INSTRUCT)
+    _call(["new", "--spec", "spec.yaml"])
+
+
+def _small_checkpoint(workdir: Path) -> Path:
+    """A 2-layer HF checkpoint dir with the tiny model's vocabulary and sentencepiece tokenizer."""
+    from tunegen.runtime.tokenizers.sentencepiece import builtin_tokenizer_path
+
+    torch.manual_seed(0)
+    model = llama(
+        vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64
+    )
+    save_hf_checkpoint(model, workdir / "ckpt", max_shard_size=200_000)
+    (workdir / "tok.model").write_bytes(builtin_tokenizer_path("tiny").read_bytes())
+    (workdir / "spec.yaml").write_text(HF_SPEC)
+    (workdir / "train.jsonl").write_text(INSTRUCT)
+    return workdir / "ckpt"
+
+
+def _missing_shard(workdir: Path) -> None:
+    shards = sorted((_small_checkpoint(workdir)).glob("model-*.safetensors"))
+    shards[-1].unlink()
+    _call(["new", "--spec", "spec.yaml"])
+
+
+def _shape_mismatch(workdir: Path) -> None:
+    ckpt = _small_checkpoint(workdir)
+    shard = sorted(ckpt.glob("model-*.safetensors"))[0]
+    tensors = load_file(shard)
+    name = next(k for k in tensors if k.endswith("q_proj.weight"))
+    tensors[name] = torch.zeros(3, 3)
+    save_file(tensors, shard, metadata={"format": "pt"})
+    _call(["new", "--spec", "spec.yaml"])
+
+
+def _corrupt_shard(workdir: Path) -> None:
+    ckpt = _small_checkpoint(workdir)
+    sorted(ckpt.glob("model-*.safetensors"))[0].write_bytes(b"\x00garbage" * 10)
+    _call(["new", "--spec", "spec.yaml"])
+
+
+def _wrong_architecture(workdir: Path) -> None:
+    ckpt = _small_checkpoint(workdir)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    config["model_type"] = "gpt2"
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+
+def _broken_resume(workdir: Path) -> None:
+    _good_recipe(workdir)
+    _call(_compiled("training.max_steps=1"))
+    state = workdir / "runs/bad/step_000001/recipe_state.pt"
+    state.write_bytes(b"not a torch file")
+
+
+CASES: dict[str, Case] = {
+    # -- specs ------------------------------------------------------------------------------------
+    "spec_bad_yaml": Case(
+        "spec", _spec_with("max_steps: 1,", "max_steps: [1,"), ["new", "-s", "spec.yaml"], "YAML"
+    ),
+    "spec_tab_indent": Case(
+        "spec",
+        {"spec.yaml": "name: bad\nmethod: full\n\tmodel: tiny\n"},
+        ["new", "-s", "spec.yaml"],
+        "invalid YAML",
+    ),
+    "spec_empty": Case("spec", {"spec.yaml": ""}, ["new", "-s", "spec.yaml"], "spec.yaml"),
+    "spec_a_list": Case(
+        "spec", {"spec.yaml": "- name: x\n"}, ["new", "-s", "spec.yaml"], "spec.yaml"
+    ),
+    "spec_not_utf8": Case(
+        "spec", {"spec.yaml": b"name: \xff\xfe\n"}, ["new", "-s", "spec.yaml"], "spec.yaml"
+    ),
+    "spec_unknown_key": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\ncolour: red"),
+        ["new", "-s", "spec.yaml"],
+        "colour: unknown key",  # and no far-fetched did-you-mean
+    ),
+    "spec_misplaced_key": Case(
+        "spec",
+        _spec_with("max_steps: 1,", "max_steps: 1, rank: 4,"),
+        ["new", "-s", "spec.yaml"],
+        "lora.rank",
+    ),
+    "spec_wrong_type": Case(
+        "spec",
+        _spec_with("batch_size: 1", "batch_size: one"),
+        ["new", "-s", "spec.yaml"],
+        "training.batch_size: expected an integer",
+    ),
+    "spec_out_of_range": Case(
+        "spec",
+        _spec_with("max_seq_len: 64", "max_seq_len: 2"),
+        ["new", "-s", "spec.yaml"],
+        "data.max_seq_len: must be at least 8",
+    ),
+    "spec_unknown_method": Case(
+        "spec",
+        _spec_with("method: full", "method: sft"),
+        ["new", "-s", "spec.yaml"],
+        "method: 'sft' is not one of",
+    ),
+    "spec_missing_model": Case(
+        "spec",
+        _spec_with("model: tiny\n", ""),
+        ["new", "-s", "spec.yaml"],
+        "model: missing required key",
+    ),
+    "spec_name_is_a_path": Case(
+        "spec",
+        _spec_with("name: bad", "name: ../x"),
+        ["new", "-s", "spec.yaml"],
+        "name: '../x' is not a plain Python identifier",
+    ),
+    "spec_absolute_name": Case(
+        "spec",
+        _spec_with("name: bad", "name: /tmp/x"),
+        ["new", "-s", "spec.yaml"],
+        "is not a plain Python identifier",
+    ),
+    "spec_dpo_without_preference_data": Case(
+        "spec",
+        _spec_with("method: full", "method: dpo"),
+        ["new", "-s", "spec.yaml"],
+        "method: dpo needs data.format: preference",
+    ),
+    "spec_kd_without_teacher": Case(
+        "spec",
+        _spec_with("method: full", "method: kd"),
+        ["new", "-s", "spec.yaml"],
+        "method: kd needs a kd section",
+    ),
+    "spec_lora_settings_on_full": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\nlora: {rank: 4}"),
+        ["new", "-s", "spec.yaml"],
+        "lora: only used with method: lora, dora or qlora",
+    ),
+    "spec_missing_data_file": Case(
+        "spec",
+        {"spec.yaml": SPEC},
+        ["new", "-s", "spec.yaml"],
+        "data.path: file 'train.jsonl' not found",
+    ),
+    "spec_unknown_model": Case(
+        "spec",
+        _spec_with("model: tiny", "model: llama-3-8b"),
+        ["new", "-s", "spec.yaml"],
+        "is not a built-in model",
+    ),
+    "spec_missing_file": Case("spec", {}, ["new", "-s", "nothere.yaml"], "nothere.yaml"),
+    # -- configs and overrides --------------------------------------------------------------------
+    "config_unresolvable_component": Case(
+        "config",
+        {},
+        ["validate", "generated/bad.yaml", "model._component_=tunegen.nowhere.tiny"],
+        "tunegen.nowhere.tiny",
+        _good_recipe,
+    ),
+    "config_component_not_in_module": Case(
+        "config",
+        {},
+        ["validate", "generated/bad.yaml", "loss._component_=torch.nn.NoSuchLoss"],
+        "torch.nn.NoSuchLoss",
+        _good_recipe,
+    ),
+    "config_override_without_value": Case(
+        "config", {}, _compiled("training.lr"), "expected 'key.sub=value'", _good_recipe
+    ),
+    "config_override_unknown_key": Case(
+        "config", {}, _compiled("training.lrr=1e-3"), "did you mean", _good_recipe
+    ),
+    "config_override_wrong_type": Case(
+        "config", {}, _compiled("training.epochs=abc"), "training.epochs", _good_recipe
+    ),
+    "config_override_bad_yaml": Case(
+        "config", {}, _compiled("training.lr=[1,"), "not valid YAML", _good_recipe
+    ),
+    "config_delete_missing_key": Case(
+        "config", {}, _compiled("~training.nothing"), "training.nothing", _good_recipe
+    ),
+    "config_unknown_component_argument": Case(
+        "config", {}, _compiled("+optimizer.momentum=0.9"), "momentum", _good_recipe
+    ),
+    "config_not_yaml": Case(
+        "config", {"cfg.yaml": "model: [\n"}, ["validate", "cfg.yaml"], "bad YAML"
+    ),
+    "config_missing_file": Case(
+        "config",
+        {},
+        ["run", "generated/bad.py", "--config", "nope.yaml"],
+        "nope.yaml",
+        _good_recipe,
+    ),
+    "config_missing_recipe": Case("config", {}, ["run", "nope.py"], "recipe file not found"),
+    # -- data ------------------------------------------------------------------------------------
+    "data_malformed_json_line": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": INSTRUCT + "{oops\n"},
+        ["data", "spec.yaml"],
+        "train.jsonl:2: not valid JSON",
+    ),
+    "data_missing_field": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": '{"instruction": "x"}\n'},
+        ["data", "spec.yaml"],
+        "train.jsonl:1: missing field 'output'",
+    ),
+    "data_wrong_field_type": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": '{"instruction": "x", "output": 5}\n'},
+        ["data", "spec.yaml"],
+        "train.jsonl:1: field 'output' must be a string, got number",
+    ),
+    "data_record_not_an_object": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": "[1, 2]\n"},
+        ["data", "spec.yaml"],
+        "train.jsonl:1: a record must be a JSON object",
+    ),
+    "data_empty_file": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": "\n"},
+        ["data", "spec.yaml"],
+        "has no records",
+    ),
+    "data_every_sample_too_long": Case(
+        "data",
+        {
+            "spec.yaml": SPEC.replace("max_seq_len: 64", "max_seq_len: 8"),
+            "train.jsonl": '{"instruction": "' + "word " * 40 + '", "output": "x"}\n',
+        },
+        ["data", "spec.yaml"],
+        "longer than max_seq_len=8",
+    ),
+    "data_not_utf8": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": b'{"instruction": "\xff"}\n'},
+        ["data", "spec.yaml"],
+        "train.jsonl:1: not valid UTF-8",
+    ),
+    "data_chat_template_needs_special_tokens": Case(
+        "data",
+        {
+            "spec.yaml": SPEC.replace("max_seq_len: 64", "format: chat, max_seq_len: 64"),
+            "train.jsonl": '{"messages": [{"role": "robot", "content": "x"}]}\n',
+        },
+        ["data", "spec.yaml", "dataset.template=alpaca"],
+        "chat template 'alpaca' writes the tokenizer's EOS token as text",
+    ),
+    "data_preference_missing_rejected": Case(
+        "data",
+        {
+            "spec.yaml": SPEC.replace("method: full", "method: dpo").replace(
+                "max_seq_len: 64", "format: preference, max_seq_len: 64"
+            ),
+            "train.jsonl": '{"prompt": "x", "chosen": "y"}\n',
+        },
+        ["data", "spec.yaml"],
+        "train.jsonl:1:",
+    ),
+    "data_too_few_samples_for_a_step": Case(
+        "data",
+        {},
+        _compiled("training.batch_size=4"),
+        "too few for one optimizer step",
+        _good_recipe,
+    ),
+    # -- checkpoints ------------------------------------------------------------------------------
+    "checkpoint_missing_shard": Case(
+        "checkpoint", {}, ["run", "generated/bad.py"], "model-", _missing_shard
+    ),
+    "checkpoint_shape_mismatch": Case(
+        "checkpoint", {}, ["run", "generated/bad.py"], "q_proj.weight", _shape_mismatch
+    ),
+    "checkpoint_corrupt_shard": Case(
+        "checkpoint", {}, ["run", "generated/bad.py"], "safetensors", _corrupt_shard
+    ),
+    "checkpoint_wrong_architecture": Case(
+        "checkpoint", {}, ["new", "-s", "spec.yaml"], "GPT2LMHeadModel", _wrong_architecture
+    ),
+    "checkpoint_dir_without_config": Case(
+        "checkpoint",
+        {
+            "ckpt/model.safetensors": b"",
+            "spec.yaml": HF_SPEC,
+            "train.jsonl": INSTRUCT,
+            "tok.model": b"",
+        },
+        ["new", "-s", "spec.yaml"],
+        "has no config.json",
+    ),
+    "checkpoint_corrupt_resume_state": Case(
+        "checkpoint",
+        {},
+        _compiled("training.resume=auto", "training.max_steps=2"),
+        "not a complete checkpoint",
+        _broken_resume,
+    ),
+    "checkpoint_resume_dir_missing": Case(
+        "checkpoint", {}, _compiled("training.resume=runs/none"), "runs/none", _good_recipe
+    ),
+    # -- tokenizers -------------------------------------------------------------------------------
+    "tokenizer_missing_file": Case(
+        "tokenizer",
+        _spec_with("model: tiny", "model: tiny\ntokenizer: nope.model"),
+        ["new", "-s", "spec.yaml"],
+        "tokenizer: file 'nope.model' not found",
+    ),
+    "tokenizer_corrupt_sentencepiece": Case(
+        "tokenizer",
+        {**_spec_with("model: tiny", "model: tiny\ntokenizer: tok.model"), "tok.model": b"junk"},
+        ["data", "spec.yaml"],
+        "tok.model",
+    ),
+    "tokenizer_corrupt_json": Case(
+        "tokenizer",
+        {
+            **_spec_with("model: tiny", "model: tiny\ntokenizer: tok"),
+            "tok/tokenizer.json": "{not json",
+        },
+        ["data", "spec.yaml"],
+        "tokenizer.json",
+    ),
+    "tokenizer_dir_empty": Case(
+        "tokenizer",
+        {**_spec_with("model: tiny", "model: tiny\ntokenizer: tok"), "tok/readme.txt": "x"},
+        ["data", "spec.yaml"],
+        "tok",
+    ),
+}
+
+
+def _call(argv: list[str]) -> int:
+    """Run `tunegen ARGV` in this process as the console script would; return the exit status."""
+    saved = sys.argv
+    sys.argv = ["tunegen", *argv]
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_clean_line(name: str, workdir: Path, capsys) -> None:
+    case = CASES[name]
+    for relative, content in case.files.items():
+        path = workdir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    if case.setup is not None:
+        case.setup(workdir)
+    capsys.readouterr()  # what the setup printed
+    status = _call(case.argv)
+    out, err = capsys.readouterr()
+    assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert case.expect in err, err
+    assert "Traceback" not in out + err
+
+
+def test_corpus_size_and_coverage() -> None:
+    by_category: dict[str, int] = {}
+    for case in CASES.values():
+        by_category[case.category] = by_category.get(case.category, 0) + 1
+    print(f"\nmalformed-input corpus: {len(CASES)} cases {by_category}")
+    assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer"}
+    assert len(CASES) >= 45
