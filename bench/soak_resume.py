@@ -30,14 +30,16 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 SPEC = """\
 name: soak
-method: lora
+method: {method}
 model: tiny
 data: {{path: data/demo_train.jsonl, max_seq_len: 64}}
-lora: {{rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj]}}
-training: {{epochs: 100, max_steps: {steps}, batch_size: 8, lr: 1.0e-3, warmup_steps: 20, seed: 1}}
+{lora}training: {{epochs: 100, max_steps: {steps}, batch_size: 8, lr: 1.0e-3, warmup_steps: 20, seed: 1}}
 checkpoint: {{output_dir: runs/soak, save_every_n_steps: {save_every}, keep_last: 3}}
 logging: {{every_n_steps: 1}}
 """
+
+
+LORA = "lora: {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj]}\n"
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,6 +48,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=50, help="checkpoint interval")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs before the run may end")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument(
+        "--method",
+        choices=("lora", "full"),
+        default="lora",
+        help="full saves the whole model and optimizer state: longer saves, more kills land in one",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
     return parser.parse_args()
 
@@ -72,7 +80,9 @@ def main() -> int:
     rng = random.Random(args.seed)
     scratch = Path(tempfile.mkdtemp(prefix="tunegen-soak-"))
     shutil.copytree(REPO / "specs" / "data", scratch / "data")
-    (scratch / "soak.yaml").write_text(SPEC.format(steps=args.steps, save_every=args.save_every))
+    lora = LORA if args.method == "lora" else ""
+    spec = SPEC.format(method=args.method, lora=lora, steps=args.steps, save_every=args.save_every)
+    (scratch / "soak.yaml").write_text(spec)
     subprocess.run(
         [sys.executable, "-m", "tunegen.compiler", "new", "--spec", "soak.yaml"],
         cwd=scratch,
@@ -114,7 +124,8 @@ def main() -> int:
     expected = dict(logged_losses(scratch / "runs/reference"))
     logged = logged_losses(scratch / "runs/soak")
     mismatched = [(step, loss) for step, loss in logged if expected.get(step) != loss]
-    final = f"step_{args.steps:06d}/adapter.safetensors"
+    weights = "adapter.safetensors" if args.method == "lora" else "model.safetensors"
+    final = f"step_{args.steps:06d}/{weights}"
     a = load_file(scratch / "runs/reference" / final)
     b = load_file(scratch / "runs/soak" / final)
     identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -125,7 +136,7 @@ def main() -> int:
         f"logged steps (replays included): {len(logged)}; losses unlike the reference: "
         f"{len(mismatched)}"
     )
-    print(f"final adapter weights bit-identical to the uninterrupted run: {identical}")
+    print(f"final weights bit-identical to the uninterrupted run: {identical}")
     if args.keep:
         print(f"scratch dir: {scratch}")
     else:

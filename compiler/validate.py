@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from tunegen.compiler.parse import ParsedSpec, Problem
 from tunegen.compiler.schema import Spec, uses_adapters
+from tunegen.runtime.config import expand_home
 from tunegen.runtime.errors import SpecError
 
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
@@ -51,7 +52,7 @@ def validate_spec(parsed: ParsedSpec) -> Spec:
 
 def resolve_spec_path(parsed: ParsedSpec, value: str) -> Path:
     """A path written in the spec, resolved against the spec file's folder."""
-    path = Path(value).expanduser()
+    path = expand_home(value)
     return path if path.is_absolute() else parsed.path.parent / path
 
 

@@ -16,6 +16,7 @@ silently added key, and every failure is a one-line `ConfigError` that names the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib
@@ -37,6 +38,7 @@ __all__ = [
     "COMPONENT_KEY",
     "apply_overrides",
     "did_you_mean",
+    "expand_home",
     "has_key",
     "instantiate",
     "load_config",
@@ -55,6 +57,15 @@ _USAGE = (
 
 # --------------------------------------------------------------------------------------------------
 # Loading
+
+
+def expand_home(path: str | Path) -> Path:
+    """`path` with a leading `~` or `~user` expanded; a `~name` that names no user stays as
+    written (it is then an ordinary file name, and `Path.expanduser` would raise)."""
+    path = Path(path)
+    with contextlib.suppress(RuntimeError):
+        path = path.expanduser()
+    return path
 
 
 def load_config(path: str | Path) -> DictConfig:

@@ -30,7 +30,7 @@ import typing
 from collections import abc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -43,6 +43,7 @@ from .config import (
     _locate,
     _LocateError,
     did_you_mean,
+    expand_home,
     has_key,
 )
 
@@ -487,7 +488,7 @@ def _check_file(checker: _Checker, key: str, value: Any, path: str) -> None:
     if not isinstance(value, (str, PurePath)) or not str(value) or "://" in str(value):
         return
     text = str(value)
-    location = Path(text).expanduser()
+    location = expand_home(text)
     if key.endswith("_dir"):
         if not location.exists():
             checker.report(path, f"directory {text!r} not found")

@@ -93,3 +93,50 @@ def test_a_hostile_spec_file_name_stays_inside_the_header_comment(tmp_path):
     module = ast.parse(recipe)
     assert ast.get_docstring(module) == "Full fine-tuning: every weight of the model is trained."
     assert not any("system" in ast.dump(node) for node in module.body)
+
+
+file_names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/"),
+    min_size=1,
+    max_size=30,
+).filter(lambda name: name not in (".", "..") and len(name.encode()) < 200)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data_name=file_names | st.sampled_from(['"""', "${oc.env:HOME}", "a'b\nc"]))
+def test_hostile_data_file_names_stay_data_and_importing_the_recipe_runs_nothing(
+    tmp_path, data_name
+):
+    import importlib.util
+    import sys
+
+    data_file = tmp_path / f"{data_name}.jsonl"
+    data_file.write_text('{"text": "hi"}\n')
+    spec = json.loads(json.dumps(BASE))
+    spec["data"]["path"] = data_file.name
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, default_style='"'), encoding="utf-8")
+    compiled = compile_spec(path, tmp_path / "generated")
+    config = OmegaConf.to_container(OmegaConf.create(compiled.rendered.config), resolve=True)
+    assert config["dataset"]["source"].endswith(data_file.name)
+    recipe_file = tmp_path / "recipe_under_test.py"
+    recipe_file.write_text(compiled.rendered.recipe, encoding="utf-8")
+    module_spec = importlib.util.spec_from_file_location("recipe_under_test", recipe_file)
+    module = importlib.util.module_from_spec(module_spec)
+    before = set(tmp_path.iterdir())
+    saved_argv = sys.argv
+    sys.argv = ["never-read"]  # importing must not run main(), so argv is never parsed
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.argv = saved_argv
+    assert set(tmp_path.iterdir()) == before  # importing wrote nothing
+    assert callable(module.main) and hasattr(module, "FullFinetuneRecipe")
+    # The data path reaches only the config: the recipe is the one a plain name gives.
+    spec["data"]["path"] = "train.jsonl"
+    (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n')
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    plain = compile_spec(path, tmp_path / "generated").rendered.recipe
+    assert _without_hash(compiled.rendered.recipe) == _without_hash(plain)

@@ -405,3 +405,28 @@ def test_load_weights_into_non_strict_allows_a_subset() -> None:
     assert torch.equal(model.embed.weight, before)
     with pytest.raises(CheckpointError, match="'extra' is not in the model"):
         load_weights_into(model, {"extra": torch.zeros(1)}, strict=False)
+
+
+def test_every_torch_load_in_tunegen_is_weights_only() -> None:
+    """Static check over the runtime, compiler and templates: no loader that can run code."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[2]
+    sources = [*repo.glob("runtime/**/*.py"), *repo.glob("compiler/**/*.py")]
+    loads = 0
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value
+            name = f"{getattr(owner, 'id', '?')}.{node.func.attr}"
+            assert name not in ("pickle.load", "pickle.loads", "torch.jit.load"), source
+            if name == "torch.load":
+                loads += 1
+                weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+                assert weights_only and getattr(weights_only[0].value, "value", None) is True, (
+                    f"{source}:{node.lineno}: torch.load without weights_only=True"
+                )
+    assert loads >= 1
+    for template in repo.glob("templates/**/*.j2"):
+        assert "torch.load" not in template.read_text(encoding="utf-8"), template
