@@ -261,6 +261,9 @@ CASES: dict[str, Case] = {
         _good_recipe,
     ),
     "config_missing_recipe": Case("config", {}, ["run", "nope.py"], "recipe file not found"),
+    "config_add_an_existing_key": Case(
+        "config", {}, _compiled("+training.lr=1e-3"), "already exists; drop the '+'", _good_recipe
+    ),
     # -- data ------------------------------------------------------------------------------------
     "data_malformed_json_line": Case(
         "data",
@@ -285,6 +288,12 @@ CASES: dict[str, Case] = {
         {"spec.yaml": SPEC, "train.jsonl": "[1, 2]\n"},
         ["data", "spec.yaml"],
         "train.jsonl:1: a record must be a JSON object",
+    ),
+    "data_wrong_extension": Case(
+        "data",
+        {"spec.yaml": SPEC.replace("train.jsonl", "train.txt"), "train.txt": INSTRUCT},
+        ["new", "-s", "spec.yaml"],
+        "is not a .json or .jsonl file",
     ),
     "data_empty_file": Case(
         "data",
@@ -365,6 +374,13 @@ CASES: dict[str, Case] = {
         "not a complete checkpoint",
         _broken_resume,
     ),
+    "checkpoint_resume_required_but_none": Case(
+        "checkpoint",
+        {},
+        _compiled("training.resume=true"),
+        "holds no complete checkpoint",
+        _good_recipe,
+    ),
     "checkpoint_resume_dir_missing": Case(
         "checkpoint", {}, _compiled("training.resume=runs/none"), "runs/none", _good_recipe
     ),
@@ -386,6 +402,15 @@ CASES: dict[str, Case] = {
         {
             **_spec_with("model: tiny", "model: tiny\ntokenizer: tok"),
             "tok/tokenizer.json": "{not json",
+        },
+        ["data", "spec.yaml"],
+        "tokenizer.json",
+    ),
+    "tokenizer_json_not_a_tokenizer": Case(
+        "tokenizer",
+        {
+            **_spec_with("model: tiny", "model: tiny\ntokenizer: tok"),
+            "tok/tokenizer.json": '{"version": "1.0"}',
         },
         ["data", "spec.yaml"],
         "tokenizer.json",
@@ -439,4 +464,4 @@ def test_corpus_size_and_coverage() -> None:
         by_category[case.category] = by_category.get(case.category, 0) + 1
     print(f"\nmalformed-input corpus: {len(CASES)} cases {by_category}")
     assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer"}
-    assert len(CASES) >= 45
+    assert len(CASES) >= 55

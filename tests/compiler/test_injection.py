@@ -140,3 +140,45 @@ def test_hostile_data_file_names_stay_data_and_importing_the_recipe_runs_nothing
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     plain = compile_spec(path, tmp_path / "generated").rendered.recipe
     assert _without_hash(compiled.rendered.recipe) == _without_hash(plain)
+
+
+VALIDATED_FIELDS = {
+    "name": ("name",),
+    "model": ("model",),
+    "device": ("training", "device"),
+    "resume": ("checkpoint", "resume"),
+    "template": ("data", "template"),
+}
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(field=st.sampled_from(sorted(VALIDATED_FIELDS)), text=nasty)
+def test_validated_string_fields_refuse_or_stay_data(tmp_path, field, text):
+    """Fields that must be identifiers, names or paths: arbitrary text is a clean SpecError, or
+    (when it happens to be valid) it changes nothing in the recipe but the names it should."""
+    from tunegen.runtime.errors import SpecError
+
+    (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n')
+    spec = json.loads(json.dumps(BASE))
+    *parents, leaf = VALIDATED_FIELDS[field]
+    node = spec
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = text
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, default_style='"'), encoding="utf-8")
+    try:
+        compiled = compile_spec(path, tmp_path / "generated")
+    except SpecError as error:
+        # Every problem is one line located in the spec file.
+        assert all(line.startswith(f"{path}:") for line in str(error).splitlines()), error
+        return
+    module = ast.parse(compiled.rendered.recipe)
+    calls = {
+        node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        for node in ast.walk(module)
+        if isinstance(node, ast.Call)
+    }
+    assert not calls & {"system", "eval", "exec", "__import__", "popen"}
