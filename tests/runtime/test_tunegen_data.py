@@ -79,7 +79,11 @@ def recipe_dataset(config: Path):
     return recipe._setup_data()
 
 
-def test_export_equals_the_generated_recipes_dataloader(small_spec: Path) -> None:
+@pytest.mark.parametrize("template", ["plain", "alpaca"])
+def test_export_equals_the_generated_recipes_dataloader(small_spec: Path, template: str) -> None:
+    # alpaca's preamble alone is longer than 24 tokens
+    spec = SPEC.replace("template: plain", f"template: {template}")
+    small_spec.write_text(spec.replace("max_seq_len: 24", "max_seq_len: 96"))
     code, out = run_data(str(small_spec), "--show", "0", "--export", "rows.jsonl")
     assert code == 0, out
     rows = read_export(Path("rows.jsonl"))
