@@ -32,11 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigError
+from .durable_io import (
+    TEMP_PREFIX,
+    fsync_dir,
+    prepare_tensors,
+    read_safetensors,
+    write_bytes,
+    write_safetensors,
+)
+from .errors import CheckpointError, ConfigError, and_more, one_line
 
 __all__ = ["FORMAT_VERSION", "Checkpointer", "load_weights_into", "read_safetensors"]
 
@@ -46,7 +52,6 @@ FORMAT_VERSION = 1
 _MARKER = "checkpoint.json"
 _RECIPE_STATE = "recipe_state.pt"
 _STEP_DIR = re.compile(r"step_(\d+)")
-_TEMP_PREFIX = ".tmp-"
 _OVERHEAD_BYTES = 1 << 20  # headers, pickle framing and the marker, generously
 
 
@@ -106,20 +111,20 @@ class Checkpointer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_dirs()  # first, so their space counts as free
         self._check_disk_space(final, weight_bytes + state_bytes + _OVERHEAD_BYTES)
-        weights = _prepare_tensors(tensors)
+        weights = prepare_tensors(tensors)
 
-        temp = self.output_dir / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}"
+        temp = self.output_dir / f"{TEMP_PREFIX}{final.name}-{os.getpid()}"
         temp.mkdir()
         try:
-            files = {filename: _write_safetensors(weights, temp / filename)}
+            files = {filename: write_safetensors(weights, temp / filename)}
             del weights  # drop CPU copies of GPU tensors before pickling the optimizer state
             if recipe_state is not None:
                 files[_RECIPE_STATE] = _write_torch(recipe_state, temp / _RECIPE_STATE)
             marker = {"format_version": FORMAT_VERSION, "step": step, "files": files}
-            _write_bytes(temp / _MARKER, (json.dumps(marker, indent=2) + "\n").encode())
-            _fsync_dir(temp)
+            write_bytes(temp / _MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+            fsync_dir(temp)
             os.rename(temp, final)
-            _fsync_dir(self.output_dir)
+            fsync_dir(self.output_dir)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
@@ -137,7 +142,7 @@ class Checkpointer:
     def _remove_stale_temp_dirs(self) -> None:
         """Delete temp dirs left by a killed save or prune (only one process writes here)."""
         for entry in self.output_dir.iterdir():
-            if entry.name.startswith(_TEMP_PREFIX) and entry.is_dir():
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _prune(self, *, keep: Path) -> None:
@@ -149,7 +154,7 @@ class Checkpointer:
         for path in others[: max(excess, 0)]:
             # Rename first so a kill mid-delete leaves a temp dir (cleaned later), not a half
             # step dir that nothing would ever remove.
-            doomed = self.output_dir / f"{_TEMP_PREFIX}delete-{path.name}-{os.getpid()}"
+            doomed = self.output_dir / f"{TEMP_PREFIX}delete-{path.name}-{os.getpid()}"
             os.rename(path, doomed)
             shutil.rmtree(doomed)
 
@@ -241,19 +246,9 @@ class Checkpointer:
                 )
             except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
                 raise CheckpointError(
-                    f"{path / _RECIPE_STATE} cannot be loaded safely: {_one_line(error)}"
+                    f"{path / _RECIPE_STATE} cannot be loaded safely: {one_line(error)}"
                 ) from None
         return tensors, recipe_state
-
-
-def read_safetensors(path: Path) -> dict[str, Tensor]:
-    """The tensors of a safetensors file, on CPU; a missing or broken file is a CheckpointError."""
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file: {_one_line(error)}"
-        ) from None
 
 
 def load_weights_into(
@@ -272,13 +267,13 @@ def load_weights_into(
     unexpected = [name for name in tensors if name not in expected]
     if unexpected:
         raise CheckpointError(
-            f"checkpoint tensor {unexpected[0]!r} is not in the model{_more(unexpected, 'unexpected')}"
+            f"checkpoint tensor {unexpected[0]!r} is not in the model{and_more(unexpected, 'unexpected')}"
         )
     if strict:
         missing = [name for name in expected if name not in tensors]
         if missing:
             raise CheckpointError(
-                f"model tensor {missing[0]!r} is missing from the checkpoint{_more(missing, 'missing')}"
+                f"model tensor {missing[0]!r} is missing from the checkpoint{and_more(missing, 'missing')}"
             )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -300,7 +295,7 @@ def _problem(path: Path) -> str | None:
     try:
         info = _read_marker(path)
     except (OSError, ValueError) as error:
-        return f"{_MARKER} is unreadable: {_one_line(error)}"
+        return f"{_MARKER} is unreadable: {one_line(error)}"
     if not isinstance(info, dict):
         return f"{_MARKER} is not a JSON object"
     version = info.get("format_version")
@@ -345,25 +340,6 @@ def _check_tensors(tensors: Mapping[str, Tensor]) -> int:
     return total
 
 
-def _prepare_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, contiguous CPU tensors, each with its own storage (as safetensors requires).
-
-    Tensors already on CPU are not copied unless they are non-contiguous or share storage with
-    an earlier tensor (tied weights), so saving a CPU model costs no extra memory.
-    """
-    prepared: dict[str, Tensor] = {}
-    seen_storages: set[int] = set()
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        storage = tensor.untyped_storage().data_ptr()
-        if tensor.numel() and storage in seen_storages:
-            tensor = tensor.clone()
-        elif tensor.numel():
-            seen_storages.add(storage)
-        prepared[name] = tensor
-    return prepared
-
-
 # Exact types: subclasses (numpy.float64 is a float, a namedtuple is a tuple) pickle as their own
 # class, which weights_only loading refuses.
 _ALLOWED_LEAVES = (str, int, float, bool, type(None), torch.dtype, torch.Size, torch.device)
@@ -392,38 +368,12 @@ def _check_recipe_state(value: Any, where: str) -> int:
     )
 
 
-def _write_safetensors(tensors: dict[str, Tensor], path: Path) -> int:
-    save_file(tensors, path, metadata={"format": "pt"})
-    with open(path, "rb+") as file:
-        os.fsync(file.fileno())
-    return path.stat().st_size
-
-
 def _write_torch(obj: Any, path: Path) -> int:
     with open(path, "wb") as file:
         torch.save(obj, file)
         file.flush()
         os.fsync(file.fileno())
     return path.stat().st_size
-
-
-def _write_bytes(path: Path, data: bytes) -> int:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    return len(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (new files, renames); not possible on Windows."""
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _size(num_bytes: int) -> str:
@@ -436,12 +386,3 @@ def _size(num_bytes: int) -> str:
         if value < 1024:
             break
     return f"{value:.1f} {unit}"
-
-
-def _more(names: list[str], kind: str) -> str:
-    return f" (and {len(names) - 1} more {kind})" if len(names) > 1 else ""
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

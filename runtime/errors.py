@@ -3,10 +3,12 @@
 Every problem a user can fix (a bad spec, config, data file, checkpoint or tokenizer) is raised as a
 `TunegenError`. Its message is one line that says what is wrong and where (file:line, or a key path).
 The CLI and generated recipes print that line and exit with status 2; anything else is a bug and keeps
-its traceback.
+its traceback. `one_line` and `and_more` help keep messages to that one line.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = [
     "CheckpointError",
@@ -15,6 +17,8 @@ __all__ = [
     "SpecError",
     "TokenizerError",
     "TunegenError",
+    "and_more",
+    "one_line",
 ]
 
 
@@ -40,3 +44,20 @@ class CheckpointError(TunegenError):
 
 class TokenizerError(TunegenError):
     """A tokenizer file is missing or corrupt."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of `error`'s message, or its type name when it has none.
+
+    For quoting a library's exception (safetensors, json, torch.load) inside a one-line message.
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def and_more(names: Sequence[str], kind: str) -> str:
+    """The suffix `" (and 2 more missing)"` for a message that names only `names[0]`.
+
+    A message names the first offender and counts the others; "" when there are none.
+    """
+    return f" (and {len(names) - 1} more {kind})" if len(names) > 1 else ""

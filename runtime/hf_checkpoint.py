@@ -12,7 +12,7 @@ checkpoint that does not fit fails in a second with the offending tensor named. 
 `qkv_proj` / `gate_up_proj` are split on load and fused again on save.
 
 Saving writes into a hidden temp dir next to `out_dir` and renames it into place (the helpers of
-`runtime.checkpointing`), so `out_dir` is never left half written. LoRA updates are folded into
+`runtime.durable_io`), so `out_dir` is never left half written. LoRA updates are folded into
 the written weights without touching the model in memory.
 """
 
@@ -32,16 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from .checkpointing import (
-    _TEMP_PREFIX,
-    _fsync_dir,
-    _more,
-    _one_line,
-    _prepare_tensors,
-    _write_bytes,
-    _write_safetensors,
-)
-from .errors import CheckpointError
+from .durable_io import TEMP_PREFIX, fsync_dir, prepare_tensors, write_bytes, write_safetensors
+from .errors import CheckpointError, and_more, one_line
 from .lora import LoRALinear
 from .models.builtin import BUILTIN_MODELS
 from .models.llama import (
@@ -62,6 +54,7 @@ __all__ = [
     "hf_config_for",
     "load_model",
     "model_kwargs_from_hf_config",
+    "read_json",
     "save_hf_checkpoint",
     "write_json",
 ]
@@ -254,7 +247,7 @@ def load_model(
     config_file = root / CONFIG_FILE
     if not config_file.is_file():
         raise CheckpointError(f"{root} has no {CONFIG_FILE}: not a Hugging Face checkpoint dir")
-    config = _read_json(config_file)
+    config = read_json(config_file)
     arch_name, kwargs = model_kwargs_from_hf_config(
         config, where=str(config_file), max_seq_len=max_seq_len
     )
@@ -265,7 +258,7 @@ def load_model(
         try:
             model = llama(**kwargs)
         except ValueError as error:
-            raise CheckpointError(f"{config_file}: {_one_line(error)}") from None
+            raise CheckpointError(f"{config_file}: {one_line(error)}") from None
     shapes = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     arch = HF_ARCHITECTURES[arch_name]
     plan = _load_plan(shapes, arch, _shard_files(root), tied=model.lm_head is None)
@@ -308,7 +301,7 @@ def _load_plan(
     if missing:
         raise CheckpointError(
             f"{files[0].parent}: model tensor {missing[0]!r} is missing from the checkpoint"
-            f"{_more(missing, 'missing')}"
+            f"{and_more(missing, 'missing')}"
         )
     return plan
 
@@ -336,7 +329,7 @@ def _load_shard(
                 loaded.update((t, part.clone()) for t, part in zip(targets, parts, strict=True))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
-            f"{file} is not a readable safetensors file: {_one_line(error)}"
+            f"{file} is not a readable safetensors file: {one_line(error)}"
         ) from None
     model.load_state_dict(loaded, strict=False, assign=True)
 
@@ -345,7 +338,7 @@ def _shard_files(root: Path) -> list[Path]:
     """The weight files of a checkpoint dir, from its index if it is sharded."""
     index = root / INDEX_FILE
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no weight_map")
         names = list(dict.fromkeys(weight_map.values()))
@@ -370,7 +363,7 @@ def _header(file: Path) -> dict[str, tuple[int, ...]]:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
-            f"{file} is not a readable safetensors file: {_one_line(error)}"
+            f"{file} is not a readable safetensors file: {one_line(error)}"
         ) from None
 
 
@@ -420,7 +413,7 @@ def save_hf_checkpoint(
     out = Path(out_dir)
     limit = _shard_bytes(max_shard_size)
     if source_dir is not None:
-        config = _read_json(Path(source_dir) / CONFIG_FILE)
+        config = read_json(Path(source_dir) / CONFIG_FILE)
     else:
         config = copy.deepcopy(model.hf_config) if model.hf_config else hf_config_for(model)
     arch = _check_config_fits(model, config, where=str(source_dir or "the model's config"))
@@ -450,12 +443,12 @@ def atomic_dir(out: Path, *, overwrite: bool) -> Iterator[Path]:
             f"{out} already exists and is not empty; choose another dir or pass overwrite=True"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.parent / f"{_TEMP_PREFIX}{out.name}-{os.getpid()}"
+    temp = out.parent / f"{TEMP_PREFIX}{out.name}-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
         yield temp
-        _fsync_dir(temp)
+        fsync_dir(temp)
         _replace_dir(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -551,19 +544,19 @@ def _write_weights(folder: Path, shards: list[list[_Entry]]) -> None:
 
 
 def _write_shard(path: Path, shard: list[_Entry]) -> None:
-    tensors = _prepare_tensors({name: make() for name, _, make in shard})
-    _write_safetensors(tensors, path)
+    tensors = prepare_tensors({name: make() for name, _, make in shard})
+    write_safetensors(tensors, path)
 
 
 def _replace_dir(temp: Path, out: Path) -> None:
     """Rename `temp` to `out`; an existing `out` is moved aside first and deleted after."""
     old = None
     if out.exists():
-        old = out.parent / f"{_TEMP_PREFIX}delete-{out.name}-{os.getpid()}"
+        old = out.parent / f"{TEMP_PREFIX}delete-{out.name}-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(out, old)
     os.rename(temp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None and old.is_dir():
         shutil.rmtree(old)
     elif old is not None:
@@ -621,13 +614,17 @@ def _shard_bytes(size: int | str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path` (config.json, an index, adapter_config.json).
+
+    A missing file, invalid JSON or anything but an object is a CheckpointError naming `path`.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not readable JSON: {_one_line(error)}") from None
+        raise CheckpointError(f"{path} is not readable JSON: {one_line(error)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     return data
@@ -635,10 +632,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as indented, key-sorted JSON and fsync it."""
-    _write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _copy_files(source: Path, folder: Path, names: tuple[str, ...]) -> None:
     for name in names:
         if (source / name).is_file():
-            _write_bytes(folder / name, (source / name).read_bytes())
+            write_bytes(folder / name, (source / name).read_bytes())

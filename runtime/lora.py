@@ -39,6 +39,7 @@ from torch import Tensor, nn
 __all__ = [
     "LoRALinear",
     "apply_lora",
+    "dense_weight",
     "disable_adapters",
     "lora_state_dict",
     "mark_only_lora_trainable",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-def _dense(weight: Tensor) -> Tensor:
+def dense_weight(weight: Tensor) -> Tensor:
     """`weight` as a plain tensor: a quantized base weight (torchao's NF4Tensor, for QLoRA)
     supports `F.linear` but no arithmetic, so it is dequantized; any other weight is returned."""
     dequantize = getattr(weight, "get_original_weight", None)
@@ -174,7 +175,7 @@ class LoRALinear(nn.Module):
         """DoRA's ||W + scaling * B @ A|| per output row, (out,), computed in `dtype` and without
         gradient: the paper (section 4.3) and PEFT treat it as a constant."""
         update = (self.lora_b.weight @ self.lora_a.weight).to(dtype)  # (out, in)
-        weight = _dense(self.weight).to(dtype) + self.scaling * update
+        weight = dense_weight(self.weight).to(dtype) + self.scaling * update
         return torch.linalg.norm(weight, dim=1).to(dtype)
 
     def delta_weight(self) -> Tensor:
@@ -184,7 +185,7 @@ class LoRALinear(nn.Module):
         update = (self.lora_b.weight @ self.lora_a.weight) * self.scaling
         if self.magnitude is None:
             return update
-        weight = _dense(self.weight).float()
+        weight = dense_weight(self.weight).float()
         merged = self._dora_merged(weight, self.weight_norm(torch.float32))
         return (merged - weight).to(update.dtype)
 

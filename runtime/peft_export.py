@@ -28,16 +28,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .checkpointing import _prepare_tensors, _write_safetensors, read_safetensors
+from .durable_io import prepare_tensors, read_safetensors, write_safetensors
 from .errors import CheckpointError
 from .hf_checkpoint import (
-    _read_json,
     atomic_dir,
     hf_config_for,
     model_kwargs_from_hf_config,
+    read_json,
     write_json,
 )
-from .lora import LoRALinear, _dense
+from .lora import LoRALinear, dense_weight
 from .models.llama import HF_ARCHITECTURES, HFArchitecture, Transformer
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_peft_adapter", "save_peft_adapter"]
@@ -116,7 +116,7 @@ def save_peft_adapter(
             tensors[f"{_PREFIX}{path}.{_MAGNITUDE}"] = adapter.magnitude
     out = Path(out_dir)
     with atomic_dir(out, overwrite=overwrite) as temp:
-        _write_safetensors(_prepare_tensors(tensors), temp / ADAPTER_WEIGHTS)
+        write_safetensors(prepare_tensors(tensors), temp / ADAPTER_WEIGHTS)
         write_json(temp / ADAPTER_CONFIG, config)
     return out
 
@@ -261,7 +261,7 @@ def _part_magnitude(module: nn.Module) -> Tensor:
     if isinstance(module, LoRALinear):
         return module.magnitude.detach()
     weight = module.weight.detach()
-    return torch.linalg.norm(_dense(weight), dim=1).to(weight.dtype)
+    return torch.linalg.norm(dense_weight(weight), dim=1).to(weight.dtype)
 
 
 def _patterns(values: Mapping[str, float], default: float) -> dict[str, float]:
@@ -289,7 +289,7 @@ def _pattern_value(patterns: Mapping[str, Any], path: str, default: Any) -> Any:
 
 
 def _read_adapter_config(path: Path) -> dict[str, Any]:
-    config = _read_json(path)
+    config = read_json(path)
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {config.get('peft_type')!r}, not 'LORA'")
     for key, value in _SUPPORTED.items():

@@ -32,11 +32,19 @@ from tunegen.runtime.data.chat_templates import (
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.examples import TokenizedExamples
-from tunegen.runtime.data.jsonl import _json_type, read_numbered_records
+from tunegen.runtime.data.jsonl import json_type_name, read_numbered_records
 from tunegen.runtime.errors import DataError, TokenizerError
 from tunegen.runtime.tokenizers.base import Tokenizer
 
-__all__ = ["ChatDataset", "chat_prompt_tokens", "read_chat_examples", "read_conversations"]
+__all__ = [
+    "ChatDataset",
+    "chat_prompt_tokens",
+    "chat_template_args",
+    "check_chat_tokenizer",
+    "read_chat_examples",
+    "read_conversations",
+    "tokenize_segments",
+]
 
 # The list field of each record form -> (role key, content key, its role names -> OpenAI roles).
 _FORMS = {
@@ -64,8 +72,8 @@ def chat_prompt_tokens(
     tokenizer: Tokenizer, messages: Sequence[Message], *, template: str
 ) -> list[int]:
     """Ids that ask the model for the next assistant reply, tokenized as in training."""
-    _check_tokenizer(tokenizer, template)
-    text = generation_prompt(messages, template, **_template_args(tokenizer, template))
+    check_chat_tokenizer(tokenizer, template)
+    text = generation_prompt(messages, template, **chat_template_args(tokenizer, template))
     return tokenizer.encode(text, add_bos=False, add_eos=False)
 
 
@@ -87,8 +95,8 @@ class ChatDataset(TokenizedExamples):
         train_on_input: bool = False,
     ) -> None:
         super().__init__(max_seq_len)
-        _check_tokenizer(tokenizer, template)
-        template_args = _template_args(tokenizer, template)
+        check_chat_tokenizer(tokenizer, template)
+        template_args = chat_template_args(tokenizer, template)
         name = os.fspath(source)
         for line, messages in read_conversations(source):
             try:
@@ -97,7 +105,7 @@ class ChatDataset(TokenizedExamples):
                 raise DataError(f"{name}:{line}: {e}") from e
             if train_on_input:
                 segments = [Segment(s.text, True) for s in segments]
-            self.add(*_tokenize(tokenizer, segments), line=line)
+            self.add(*tokenize_segments(tokenizer, segments), line=line)
         self.require_examples(name, "their first assistant reply")
 
 
@@ -118,13 +126,13 @@ def _messages(record: Mapping[str, Any], name: str, line: int) -> list[Message]:
     role_key, content_key, roles = _FORMS[field]
     turns = record[field]
     if not isinstance(turns, list):
-        raise fail(f"field '{field}' must be an array, got {_json_type(turns)}")
+        raise fail(f"field '{field}' must be an array, got {json_type_name(turns)}")
     if not turns:
         raise fail(f"empty conversation ('{field}' has no messages)")
     messages = []
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict):
-            raise fail(f"message {number} must be an object, got {_json_type(turn)}")
+            raise fail(f"message {number} must be an object, got {json_type_name(turn)}")
         for key in (role_key, content_key):
             if key not in turn:
                 raise fail(f"message {number} has no '{key}'")
@@ -133,7 +141,7 @@ def _messages(record: Mapping[str, Any], name: str, line: int) -> list[Message]:
             raise fail(f"message {number}: unknown role {role!r} (known: {', '.join(roles)})")
         if not isinstance(content, str):
             raise fail(
-                f"message {number}: '{content_key}' must be a string, got {_json_type(content)}"
+                f"message {number}: '{content_key}' must be a string, got {json_type_name(content)}"
             )
         messages.append(Message(role=roles[role], content=content))
     if not any(m["role"] == "assistant" for m in messages):
@@ -144,8 +152,13 @@ def _messages(record: Mapping[str, Any], name: str, line: int) -> list[Message]:
 # -- tokenizer -----------------------------------------------------------------------------------
 
 
-def _template_args(tokenizer: Tokenizer, template: str) -> dict[str, Any]:
-    """The keyword arguments `chat_segments` and `generation_prompt` need from the tokenizer."""
+def chat_template_args(tokenizer: Tokenizer, template: str) -> dict[str, Any]:
+    """The keyword arguments `chat_segments` and `generation_prompt` need from the tokenizer.
+
+    The BOS and EOS tokens as text, plus the tokenizer's own Jinja template for the `tokenizer`
+    template; chat and preference data and generation prompts all render with these, so they
+    render a conversation the same way.
+    """
     args = {
         "bos_token": _token_text(tokenizer, tokenizer.bos_id),
         "eos_token": _token_text(tokenizer, tokenizer.eos_id),
@@ -159,8 +172,13 @@ def _token_text(tokenizer: Tokenizer, token_id: int | None) -> str | None:
     return None if token_id is None else tokenizer.decode([token_id], skip_special_tokens=False)
 
 
-def _check_tokenizer(tokenizer: Tokenizer, template: str) -> None:
-    """Fail early where a built-in template's special tokens would be read as plain text."""
+def check_chat_tokenizer(tokenizer: Tokenizer, template: str) -> None:
+    """Fail early where a built-in template's special tokens would be read as plain text.
+
+    Raises ValueError for an unknown template and TokenizerError where `tokenizer` would not read
+    a special token the template writes back as its one id, which would silently train the model
+    on the wrong ids.
+    """
     if template == TOKENIZER_TEMPLATE:
         return
     if template not in CHAT_TEMPLATES:
@@ -186,8 +204,14 @@ def _check_tokenizer(tokenizer: Tokenizer, template: str) -> None:
             )
 
 
-def _tokenize(tokenizer: Tokenizer, segments: Sequence[Segment]) -> tuple[list[int], list[int]]:
-    """(tokens, labels) of the segments, tokenized together as one text."""
+def tokenize_segments(
+    tokenizer: Tokenizer, segments: Sequence[Segment]
+) -> tuple[list[int], list[int]]:
+    """(tokens, labels) of the segments, tokenized together as one text.
+
+    One text, as `apply_chat_template` tokenizes it, so the ids are the ones the model sees at
+    inference; labels copy the ids of segments that carry the loss and are -100 elsewhere.
+    """
     segments = _merged(segments)
     tokens = tokenizer.encode("".join(s.text for s in segments), add_bos=False, add_eos=False)
     labels: list[int] = []

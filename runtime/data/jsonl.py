@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 
 from tunegen.runtime.errors import DataError
 
-__all__ = ["NumberedRecord", "read_numbered_records", "read_records", "require_fields"]
+__all__ = [
+    "NumberedRecord",
+    "json_type_name",
+    "read_numbered_records",
+    "read_records",
+    "require_fields",
+]
 
 
 class NumberedRecord(NamedTuple):
@@ -104,7 +110,9 @@ def _skip_space(text: str, pos: int) -> int:
 
 def _as_record(value: Any, name: str, line: int) -> NumberedRecord:
     if not isinstance(value, dict):
-        raise DataError(f"{name}:{line}: a record must be a JSON object, got {_json_type(value)}")
+        raise DataError(
+            f"{name}:{line}: a record must be a JSON object, got {json_type_name(value)}"
+        )
     return NumberedRecord(line, value)
 
 
@@ -133,11 +141,17 @@ def require_fields(
 def _check_str(record: Mapping[str, Any], field: str, name: str, line: int) -> None:
     value = record[field]
     if not isinstance(value, str):
-        raise DataError(f"{name}:{line}: field '{field}' must be a string, got {_json_type(value)}")
+        raise DataError(
+            f"{name}:{line}: field '{field}' must be a string, got {json_type_name(value)}"
+        )
 
 
-def _json_type(value: Any) -> str:
-    """JSON's name for the type of a parsed value, as the user wrote it in the file."""
+def json_type_name(value: Any) -> str:
+    """JSON's name for the type of a parsed value ("object", "array", "null", ...).
+
+    Error messages about a record's fields name the type as the user wrote it in the file,
+    not as Python parsed it.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tunegen.runtime.data.chat import _check_tokenizer, _template_args, _tokenize
+from tunegen.runtime.data.chat import chat_template_args, check_chat_tokenizer, tokenize_segments
 from tunegen.runtime.data.chat_templates import (
     CHAT_TEMPLATE_NAMES,
     Message,
@@ -50,7 +50,7 @@ from tunegen.runtime.data.chat_templates import (
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX, padded_collate
 from tunegen.runtime.data.examples import DroppedRecord
-from tunegen.runtime.data.jsonl import _json_type, read_numbered_records, require_fields
+from tunegen.runtime.data.jsonl import json_type_name, read_numbered_records, require_fields
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES
 from tunegen.runtime.errors import DataError
 from tunegen.runtime.tokenizers.base import Tokenizer
@@ -197,11 +197,11 @@ class _PairEncoder:
                 f"not the prompt template '{self.template}'"
             )
         if self._chat_args is None:
-            _check_tokenizer(self.tokenizer, self.template)
-            self._chat_args = _template_args(self.tokenizer, self.template)
+            check_chat_tokenizer(self.tokenizer, self.template)
+            self._chat_args = chat_template_args(self.tokenizer, self.template)
         messages = [*prompt, Message(role="assistant", content=response)]
         segments = chat_segments(messages, self.template, **self._chat_args)
-        return _tokenize(self.tokenizer, _final_reply_only(segments))
+        return tokenize_segments(self.tokenizer, _final_reply_only(segments))
 
 
 def _final_reply_only(segments: Sequence[Segment]) -> list[Segment]:
@@ -233,7 +233,9 @@ def _parse(record: Mapping[str, Any], name: str, line: int) -> tuple[Prompt, str
     if isinstance(prompt, list):
         messages = _messages(prompt, "prompt", fail)
         return messages, _response(record, "chosen", fail), _response(record, "rejected", fail)
-    raise fail(f"field 'prompt' must be a string or an array of messages, got {_json_type(prompt)}")
+    raise fail(
+        f"field 'prompt' must be a string or an array of messages, got {json_type_name(prompt)}"
+    )
 
 
 def _shared_turns(record: Mapping[str, Any], fail: Fail) -> tuple[Prompt, str, str]:
@@ -255,7 +257,7 @@ def _response(record: Mapping[str, Any], field: str, fail: Fail) -> str:
         return value
     if not isinstance(value, list):
         raise fail(
-            f"field '{field}' must be a string or an array of messages, got {_json_type(value)}"
+            f"field '{field}' must be a string or an array of messages, got {json_type_name(value)}"
         )
     messages = _messages(value, field, fail)
     if len(messages) != 1 or messages[0]["role"] != "assistant":
@@ -266,14 +268,14 @@ def _response(record: Mapping[str, Any], field: str, fail: Fail) -> str:
 def _messages(value: Any, field: str, fail: Fail) -> list[Message]:
     """`value` checked as a non-empty array of `{"role", "content"}` messages."""
     if not isinstance(value, list):
-        raise fail(f"field '{field}' must be an array of messages, got {_json_type(value)}")
+        raise fail(f"field '{field}' must be an array of messages, got {json_type_name(value)}")
     if not value:
         raise fail(f"field '{field}' has no messages")
     messages = []
     for number, turn in enumerate(value, start=1):
         where = f"field '{field}': message {number}"
         if not isinstance(turn, dict):
-            raise fail(f"{where} must be an object, got {_json_type(turn)}")
+            raise fail(f"{where} must be an object, got {json_type_name(turn)}")
         for key in ("role", "content"):
             if key not in turn:
                 raise fail(f"{where} has no '{key}'")
@@ -281,6 +283,6 @@ def _messages(value: Any, field: str, fail: Fail) -> list[Message]:
         if not isinstance(role, str) or role not in _ROLES:
             raise fail(f"{where}: unknown role {role!r} (known: {', '.join(_ROLES)})")
         if not isinstance(content, str):
-            raise fail(f"{where}: 'content' must be a string, got {_json_type(content)}")
+            raise fail(f"{where}: 'content' must be a string, got {json_type_name(content)}")
         messages.append(Message(role=role, content=content))
     return messages

@@ -2,7 +2,8 @@
 
 Implementations: `SentencePieceTokenizer` (a sentencepiece `.model`), `HFTokenizer` (a Hugging
 Face `tokenizer.json` dir) and `TiktokenTokenizer` (a tiktoken BPE rank file, such as Llama 3's
-original `tokenizer.model`). `load_tokenizer(path)` picks one from the files it finds.
+original `tokenizer.model`). `load_tokenizer(path)` picks one from the files it finds. The last two
+work out their special ids once, when built, and share `TokenizerBase`, which serves them.
 
 The special ids follow one rule each, whatever the file format:
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "TokenizerBase"]
 
 
 @runtime_checkable
@@ -69,3 +70,60 @@ class Tokenizer(Protocol):
     def chat_template(self) -> str | None:
         """The Jinja chat template shipped with the tokenizer, or None if there is none."""
         ...
+
+
+class TokenizerBase:
+    """The `Tokenizer` properties of a tokenizer that fixes them when it is built, and its BOS/EOS.
+
+    A subclass works out the special ids, vocabulary size and chat template in its `__init__`,
+    passes them to this one, and implements `encode` (with `with_bos_eos`), `decode` and
+    `token_to_id`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bos_id: int | None,
+        eos_id: int,
+        pad_id: int,
+        vocab_size: int,
+        chat_template: str | None,
+    ) -> None:
+        self._bos_id = bos_id
+        self._eos_id = eos_id
+        self._pad_id = pad_id
+        self._vocab_size = vocab_size
+        self._chat_template = chat_template
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id that `encode(add_bos=True)` puts first; None when sequences start without one."""
+        return self._bos_id
+
+    @property
+    def eos_id(self) -> int:
+        """Id that ends a sequence; `encode(add_eos=True)` appends it."""
+        return self._eos_id
+
+    @property
+    def pad_id(self) -> int:
+        """Id to pad batches with: the pad token, or `eos_id` when there is none."""
+        return self._pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (all ids are below it)."""
+        return self._vocab_size
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template shipped with the tokenizer, or None if there is none."""
+        return self._chat_template
+
+    def with_bos_eos(self, ids: list[int], *, add_bos: bool, add_eos: bool) -> list[int]:
+        """`ids` after BOS (if `add_bos` and the tokenizer has one) and before EOS (if `add_eos`).
+
+        The rule of `Tokenizer.encode`, in one place for the tokenizers that derive from this.
+        """
+        bos = [self._bos_id] if add_bos and self._bos_id is not None else []
+        return bos + ids + [self._eos_id] * add_eos

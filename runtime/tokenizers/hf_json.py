@@ -32,6 +32,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as Backend
 
 from tunegen.runtime.errors import TokenizerError
+from tunegen.runtime.tokenizers.base import TokenizerBase
 
 __all__ = ["HFTokenizer", "chat_template_in", "read_tokenizer_config"]
 
@@ -75,7 +76,7 @@ _QWEN2_PATTERN = (
 )
 
 
-class HFTokenizer:
+class HFTokenizer(TokenizerBase):
     """Encode and decode with a Hugging Face tokenizer dir, exactly as AutoTokenizer does."""
 
     def __init__(self, path: str | Path) -> None:
@@ -92,33 +93,16 @@ class HFTokenizer:
             if not config_file.is_file():
                 raise TokenizerError(f"'{config_file}' not found; it names the EOS token")
             raise TokenizerError(f"'{config_file}' names no eos_token")
-        self._eos_id = eos_id
-        self._bos_id = self._post_processor_bos(tokenizer_file)
+        bos_id = self._post_processor_bos(tokenizer_file, eos_id)
         pad_id = self._special_id(config, "pad_token")
-        self._pad_id = self._eos_id if pad_id is None else pad_id
         self._clean_up = _cleans_up(config, self._backend)
-        self._chat_template = chat_template_in(folder, config)
-        self._vocab_size = max(self._backend.get_vocab(with_added_tokens=True).values()) + 1
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos_id
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def chat_template(self) -> str | None:
-        return self._chat_template
+        super().__init__(
+            bos_id=bos_id,
+            eos_id=eos_id,
+            pad_id=eos_id if pad_id is None else pad_id,
+            vocab_size=max(self._backend.get_vocab(with_added_tokens=True).values()) + 1,
+            chat_template=chat_template_in(folder, config),
+        )
 
     def token_to_id(self, token: str) -> int | None:
         """Id of `token` (a vocabulary entry or an added token), or None."""
@@ -127,8 +111,7 @@ class HFTokenizer:
     def encode(self, text: str, *, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         """Ids of `text`, after BOS (where the tokenizer uses one) and before EOS, on request."""
         ids = self._backend.encode(text, add_special_tokens=False).ids
-        bos = [self._bos_id] if add_bos and self._bos_id is not None else []
-        return bos + ids + [self._eos_id] * add_eos
+        return self.with_bos_eos(ids, add_bos=add_bos, add_eos=add_eos)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """Text of `ids`, as AutoTokenizer's `decode` gives it."""
@@ -139,7 +122,7 @@ class HFTokenizer:
         token = _content(config.get(key))
         return None if token is None else self._backend.token_to_id(token)
 
-    def _post_processor_bos(self, where: Path) -> int | None:
+    def _post_processor_bos(self, where: Path, eos_id: int) -> int | None:
         """The one id the post-processor puts before a sequence, if any (after it: EOS or nothing)."""
         probe = "a"
         body = self._backend.encode(probe, add_special_tokens=False).ids
@@ -147,7 +130,7 @@ class HFTokenizer:
         starts = [i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body]
         prefix = full[: starts[0]] if starts else full
         suffix = full[starts[0] + len(body) :] if starts else []
-        if not starts or len(prefix) > 1 or suffix not in ([], [self._eos_id]):
+        if not starts or len(prefix) > 1 or suffix not in ([], [eos_id]):
             raise TokenizerError(
                 f"'{where}': the post-processor adds {prefix} before and {suffix} after a sequence;"
                 " only a BOS before and an EOS after are supported"

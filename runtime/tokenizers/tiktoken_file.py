@@ -20,6 +20,7 @@ from pathlib import Path
 import tiktoken
 
 from tunegen.runtime.errors import TokenizerError
+from tunegen.runtime.tokenizers.base import TokenizerBase
 
 __all__ = ["LLAMA3_PATTERN", "TiktokenTokenizer", "is_tiktoken_file", "llama3_special_tokens"]
 
@@ -91,7 +92,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(TokenizerBase):
     """Encode and decode with a tiktoken rank file and a list of special tokens.
 
     `bos_token` is the token `encode(add_bos=True)` puts first; None starts sequences without one.
@@ -126,38 +127,22 @@ class TiktokenTokenizer:
             )
         except ValueError as e:  # a pattern the regex engine rejects
             raise TokenizerError(f"'{path}': cannot build a tiktoken encoding: {e}") from e
-        self._vocab_size = first + len(specials)
         self._special_ids = set(self._special.values())
         self._path = path
-        self._bos_id = None if bos_token is None else self._special_id(bos_token, "BOS")
-        self._eos_id = self._special_id(eos_token, "EOS")
-        self._pad_id = self._eos_id if pad_token is None else self._special_id(pad_token, "pad")
-        self._chat_template = chat_template
+        bos_id = None if bos_token is None else self._special_id(bos_token, "BOS")
+        eos_id = self._special_id(eos_token, "EOS")
+        super().__init__(
+            bos_id=bos_id,
+            eos_id=eos_id,
+            pad_id=eos_id if pad_token is None else self._special_id(pad_token, "pad"),
+            vocab_size=first + len(specials),
+            chat_template=chat_template,
+        )
 
     def _special_id(self, token: str, role: str) -> int:
         if token not in self._special:
             raise TokenizerError(f"'{self._path}': {role} token {token!r} is not a special token")
         return self._special[token]
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos_id
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def chat_template(self) -> str | None:
-        return self._chat_template
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a special token, or of the regular token whose bytes are `token`'s UTF-8."""
@@ -168,11 +153,10 @@ class TiktokenTokenizer:
     def encode(self, text: str, *, add_bos: bool = True, add_eos: bool = True) -> list[int]:
         """Ids of `text` (special-token strings in it become special ids), with BOS/EOS on request."""
         ids = self._encoding.encode(text, allowed_special="all")
-        bos = [self._bos_id] if add_bos and self._bos_id is not None else []
-        return bos + ids + [self._eos_id] * add_eos
+        return self.with_bos_eos(ids, add_bos=add_bos, add_eos=add_eos)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD, unknown ids are skipped."""
         skipped = self._special_ids if skip_special_tokens else set()
-        kept = [i for i in map(int, ids) if 0 <= i < self._vocab_size and i not in skipped]
+        kept = [i for i in map(int, ids) if 0 <= i < self.vocab_size and i not in skipped]
         return self._encoding.decode(kept, errors="replace")

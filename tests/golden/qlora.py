@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/qlora.yaml (spec sha256 3d5f18c51723).
+# Compiled by tunegen 0.1.0 from specs/qlora.yaml (spec sha256 c0d7f37f5bab).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/qlora.py [key=value ...]
 #   python generated/qlora.py --config generated/qlora.yaml [key=value ...]

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from tunegen.runtime import load_model, load_peft_adapter, save_peft_adapter
 from tunegen.runtime.lora import (
     LoRALinear,
-    _dense,
     apply_lora,
+    dense_weight,
     disable_adapters,
     lora_state_dict,
     mark_only_lora_trainable,
@@ -214,8 +214,8 @@ def test_dora_over_an_nf4_base_weight() -> None:
     quantized = copy.deepcopy(dense)
     quantized.weight = torch.nn.Parameter(nf4.to_nf4(dense.weight.detach()), requires_grad=False)
     dequantized = quantized.weight.get_original_weight()
-    assert type(_dense(quantized.weight)) is torch.Tensor  # what the norms and merges work on
-    torch.testing.assert_close(_dense(quantized.weight), dequantized, rtol=0, atol=0)
+    assert type(dense_weight(quantized.weight)) is torch.Tensor  # what the norms and merges work on
+    torch.testing.assert_close(dense_weight(quantized.weight), dequantized, rtol=0, atol=0)
     dense.weight.data.copy_(dequantized)  # the same numbers, as a plain tensor
     ours = LoRALinear.from_linear(quantized, rank=4, alpha=8.0, use_dora=True)
     reference = LoRALinear.from_linear(dense, rank=4, alpha=8.0, use_dora=True)
