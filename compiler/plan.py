@@ -373,9 +373,9 @@ def _loss_section(spec: Spec) -> Section:
     items = [
         _component("tunegen.runtime.dpo.DPOLoss"),
         Entry("beta", dpo.beta, doc_of(DpoSpec, "beta")),
-        Entry("loss_type", dpo.loss, doc_of(DpoSpec, "loss")),
+        Entry("loss_type", dpo.loss_type, doc_of(DpoSpec, "loss_type")),
     ]
-    if dpo.loss == "sigmoid":
+    if dpo.loss_type == "sigmoid":
         items.append(
             Entry("label_smoothing", dpo.label_smoothing, doc_of(DpoSpec, "label_smoothing"))
         )

@@ -108,7 +108,7 @@ class DpoSpec:
     """Direct preference optimisation (method: dpo) on data.format: preference."""
 
     beta: float = option(0.1, "strength of the pull towards the reference model", gt=0)
-    loss: Literal["sigmoid", "ipo"] = option(
+    loss_type: Literal["sigmoid", "ipo"] = option(
         "sigmoid", "sigmoid: the DPO paper's loss; ipo: squared loss on length-averaged log-probs"
     )
     label_smoothing: float = option(
@@ -135,7 +135,11 @@ class KdSpec:
     weight: float = option(
         0.5, "w in loss = (1 - w) * cross-entropy + w * KL(teacher || student)", ge=0, le=1
     )
-    use_lora: bool = option(False, "train LoRA adapters on the student instead of every weight")
+    use_lora: bool | None = option(
+        None,
+        "train LoRA adapters on the student instead of every weight "
+        "(null: when the spec has a lora section)",
+    )
 
 
 @dataclass(frozen=True)
@@ -255,7 +259,9 @@ def uses_adapters(spec: Spec) -> bool:
     if spec.method == "dpo":
         return (spec.dpo or DpoSpec()).use_lora
     if spec.method == "kd":
-        return spec.kd is not None and spec.kd.use_lora
+        if spec.kd is None or spec.kd.use_lora is None:
+            return spec.lora is not None
+        return spec.kd.use_lora
     return spec.method in ADAPTER_METHODS
 
 

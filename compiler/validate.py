@@ -238,8 +238,8 @@ def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None
             "lora.use_dora", "method: dora always uses DoRA; remove the key or use method: lora"
         )
     dpo = spec.dpo
-    if spec.method == "dpo" and dpo is not None and dpo.loss == "ipo" and dpo.label_smoothing:
-        problem("dpo.label_smoothing", "only used with dpo.loss: sigmoid")
+    if spec.method == "dpo" and dpo is not None and dpo.loss_type == "ipo" and dpo.label_smoothing:
+        problem("dpo.label_smoothing", "only used with dpo.loss_type: sigmoid")
     if spec.method == "kd":
         if spec.kd is None:
             problem("method", "kd needs a kd section with kd.teacher (a checkpoint dir)")

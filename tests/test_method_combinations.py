@@ -32,7 +32,7 @@ COMBINATIONS = {
     "dpo_full_skip_nonfinite": {
         "method": "dpo",
         "data": PREFERENCE,
-        "dpo": {"use_lora": False, "loss": "ipo"},
+        "dpo": {"use_lora": False, "loss_type": "ipo"},
         "training": {"on_nonfinite_loss": "skip"},
     },
     "kd_lora_dora_eval_profiler": {

@@ -99,7 +99,7 @@ def test_full_dpo_with_ipo_raises_the_margin(specs_dir: Path) -> None:
     spec.write_text(
         spec.read_text()
         .replace("use_lora: true", "use_lora: false")
-        .replace("loss: sigmoid", "loss: ipo")
+        .replace("loss_type: sigmoid", "loss_type: ipo")
         .replace("lora: {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj]}\n", "")
         .replace("lr: 2.0e-3", "lr: 3.0e-4")
     )

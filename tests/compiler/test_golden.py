@@ -86,7 +86,7 @@ def _features(spec: dict) -> set[str]:
     """Which entries of METHOD_NAMES the spec's recipe needs."""
     method = spec["method"]
     section = spec.get(method) or {}
-    default_lora = {"dpo": True, "kd": False}
+    default_lora = {"dpo": True, "kd": "lora" in spec}  # kd: LoRA when the spec has a lora section
     adapters = method in ("lora", "dora", "qlora") or section.get(
         "use_lora", default_lora.get(method, False)
     )

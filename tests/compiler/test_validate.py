@@ -201,9 +201,9 @@ NO_LORA = ("lora: {rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}\n
                     "data: {path: data/train.jsonl, format: instruct, template: alpaca, max_seq_len: 64}",
                     PREFERENCE,
                 ),
-                ("training:", "dpo: {loss: ipo, label_smoothing: 0.1}\ntraining:"),
+                ("training:", "dpo: {loss_type: ipo, label_smoothing: 0.1}\ntraining:"),
             ],
-            "dpo.label_smoothing: only used with dpo.loss: sigmoid",
+            "dpo.label_smoothing: only used with dpo.loss_type: sigmoid",
         ),
         (
             [
@@ -246,6 +246,8 @@ def test_method_combinations_that_cannot_work_are_refused(write_spec, tmp_path, 
         ("lora", "", True, False),
         ("dpo", "", True, False),
         ("dpo", "dpo: {use_lora: false}\n", False, False),
+        ("kd", "kd: {teacher: teacher}\n", True, False),  # a lora section makes the student LoRA
+        ("kd", "kd: {teacher: teacher, use_lora: true}\n", True, False),
     ],
 )
 def test_method_combinations_that_work_validate(
@@ -256,6 +258,8 @@ def test_method_combinations_that_work_validate(
     (tmp_path / "data" / "pref.jsonl").write_text(
         '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
     )
+    if method == "kd":
+        save_tiny_teacher(tmp_path / "teacher")
     text = GOOD.replace("method: lora", f"method: {method}")
     if method == "dpo":
         text = text.replace(
@@ -268,3 +272,17 @@ def test_method_combinations_that_work_validate(
         )
     spec = validate_spec(parse_spec(write_spec(text + extra)))
     assert (uses_adapters(spec), uses_dora(spec)) == (adapters, dora)
+
+
+def save_tiny_teacher(folder) -> None:
+    """A checkpoint dir the validator accepts as a teacher: config.json is all it reads."""
+    import json
+
+    import torch
+
+    from tunegen.runtime.hf_checkpoint import hf_config_for
+    from tunegen.runtime.models import tiny
+
+    folder.mkdir()
+    with torch.device("meta"):
+        (folder / "config.json").write_text(json.dumps(hf_config_for(tiny())))
