@@ -6,8 +6,8 @@ Each built-in spec (`specs/<method>.yaml`, as shipped: its adapter targets and d
 set to 8 for all) is compiled into a scratch copy of `specs/` and its recipe run twice, for a few steps and
 for `--steps` steps; the difference of the two wall times gives the training speed without
 start-up and export. Peak memory is the recipe process's maximum resident set size (CPU) from
-`wait4`. The kd spec's teacher (the demo's trained model) is stood in for by a random tiny model
-of the same size. Prints a Markdown table for docs/benchmarks.md.
+`wait4`. The demo's trained model, which the dpo and kd specs start from, is stood in for by a
+random tiny model of the same size. Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -59,9 +59,12 @@ def main() -> None:
     shutil.copytree(REPO / "specs", scratch / "specs")
     from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
     from tunegen.runtime.models import tiny
+    from tunegen.runtime.tokenizers import builtin_tokenizer
 
     torch.manual_seed(0)
-    save_hf_checkpoint(tiny(), scratch / "runs" / "demo" / "hf_model")
+    save_hf_checkpoint(
+        tiny(), scratch / "runs" / "demo" / "hf_model", tokenizer=builtin_tokenizer("tiny")
+    )
     rows = []
     for method in args.methods:
         subprocess.run(

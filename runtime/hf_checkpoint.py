@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -44,6 +44,9 @@ from .models.llama import (
     Transformer,
     llama,
 )
+
+if TYPE_CHECKING:
+    from .tokenizers.base import Tokenizer
 
 __all__ = [
     "CONFIG_FILE",
@@ -399,6 +402,7 @@ def save_hf_checkpoint(
     *,
     max_shard_size: int | str = "2GB",
     overwrite: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write `model` as an HF checkpoint dir that `AutoModelForCausalLM.from_pretrained` loads.
 
@@ -407,8 +411,9 @@ def save_hf_checkpoint(
     names are the source's (Phi-3 fused again); LoRA layers are written merged, and the model in
     memory is left as it is. Weights over `max_shard_size` (bytes, or "500MB", "2GB", "1GiB") are
     split into shards with an index. Tokenizer files and generation_config.json are copied from
-    `source_dir` when present. A non-empty `out_dir` is replaced only with `overwrite=True`.
-    Returns `out_dir`.
+    `source_dir` when present; `tokenizer` (the one training used) writes its own files over them
+    (its `export_files`), so the dir is a complete checkpoint even for a built-in model. A
+    non-empty `out_dir` is replaced only with `overwrite=True`. Returns `out_dir`.
     """
     out = Path(out_dir)
     limit = _shard_bytes(max_shard_size)
@@ -428,6 +433,8 @@ def save_hf_checkpoint(
         write_json(temp / CONFIG_FILE, config)
         if source_dir is not None:
             _copy_files(Path(source_dir), temp, COPIED_FILES)
+        for name, file in getattr(tokenizer, "export_files", {}).items():
+            shutil.copyfile(file, temp / name)
     return out
 
 

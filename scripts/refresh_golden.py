@@ -18,6 +18,7 @@ import torch
 from tunegen.compiler.pipeline import compile_spec
 from tunegen.runtime.hf_checkpoint import hf_config_for
 from tunegen.runtime.models import tiny
+from tunegen.runtime.tokenizers.sentencepiece import builtin_tokenizer_path
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -26,8 +27,8 @@ GOLDEN = REPO / "tests" / "golden"
 def golden_outputs() -> dict[Path, str]:
     """Golden file -> text, compiled in a copy of the repo's specs so paths are repo-relative.
 
-    The kd spec's teacher is the demo's trained model (`runs/demo/hf_model`); the copy gets a
-    stand-in config.json there, which is all that compiling reads.
+    The dpo and kd specs start from the demo's trained model (`runs/demo/hf_model`); the copy gets
+    a stand-in config.json and tokenizer there, which is all that compiling reads.
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -37,6 +38,7 @@ def golden_outputs() -> dict[Path, str]:
         with torch.device("meta"):
             config = hf_config_for(tiny())
         (teacher / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        shutil.copyfile(builtin_tokenizer_path("tiny"), teacher / "tokenizer.model")
         os.chdir(root)
         outputs = {}
         for spec in sorted(Path("specs").glob("*.yaml")):

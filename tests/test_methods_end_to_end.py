@@ -19,6 +19,7 @@ from helpers import read_metrics, tunegen
 
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
+from tunegen.runtime.tokenizers import builtin_tokenizer
 
 
 @pytest.fixture
@@ -26,6 +27,15 @@ def specs_dir(workdir: Path) -> Path:
     """workdir/specs holding the built-in specs and their data, as in the repository."""
     shutil.copytree(SPECS, workdir / "specs")
     return workdir / "specs"
+
+
+@pytest.fixture
+def demo_model(specs_dir: Path) -> Path:
+    """Where the dpo and kd specs expect the demo's trained model: here a random tiny model (a
+    seed unlike the student's), exported as the demo would, tokenizer included."""
+    torch.manual_seed(123)
+    folder = specs_dir.parent / "runs" / "demo" / "hf_model"
+    return save_hf_checkpoint(tiny(), folder, tokenizer=builtin_tokenizer("tiny"))
 
 
 def run_recipe(spec: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -79,7 +89,7 @@ def preference_subset(specs_dir: Path, n: int = 32) -> str:
     return "dataset.source=specs/data/subset.jsonl"
 
 
-def test_dpo_raises_the_reward_margin_and_accuracy(specs_dir: Path) -> None:
+def test_dpo_raises_the_reward_margin_and_accuracy(specs_dir: Path, demo_model: Path) -> None:
     rows = train(
         specs_dir / "dpo.yaml",
         preference_subset(specs_dir),
@@ -94,7 +104,7 @@ def test_dpo_raises_the_reward_margin_and_accuracy(specs_dir: Path) -> None:
     assert mean(last, "loss") < mean(first, "loss")
 
 
-def test_full_dpo_with_ipo_raises_the_margin(specs_dir: Path) -> None:
+def test_full_dpo_with_ipo_raises_the_margin(specs_dir: Path, demo_model: Path) -> None:
     spec = specs_dir / "dpo.yaml"
     spec.write_text(
         spec.read_text()
@@ -108,9 +118,7 @@ def test_full_dpo_with_ipo_raises_the_margin(specs_dir: Path) -> None:
     assert mean(rows[-6:], "loss") < mean(rows[:6], "loss")
 
 
-def test_kd_lowers_the_students_kl_to_the_teacher(specs_dir: Path) -> None:
-    torch.manual_seed(123)  # a teacher unlike the student's own initialisation
-    save_hf_checkpoint(tiny(), specs_dir.parent / "runs" / "demo" / "hf_model")
+def test_kd_lowers_the_students_kl_to_the_teacher(specs_dir: Path, demo_model: Path) -> None:
     rows = train(specs_dir / "kd.yaml", "training.max_steps=30", "training.kd_weight=0.9")
     assert mean(rows[-6:], "kl_to_teacher") < 0.7 * mean(rows[:6], "kl_to_teacher")
     assert Path("runs/kd/hf_model/config.json").is_file()

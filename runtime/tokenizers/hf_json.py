@@ -96,6 +96,7 @@ class HFTokenizer(TokenizerBase):
         bos_id = self._post_processor_bos(tokenizer_file, eos_id)
         pad_id = self._special_id(config, "pad_token")
         self._clean_up = _cleans_up(config, self._backend)
+        self._folder = folder
         super().__init__(
             bos_id=bos_id,
             eos_id=eos_id,
@@ -103,6 +104,12 @@ class HFTokenizer(TokenizerBase):
             vocab_size=max(self._backend.get_vocab(with_added_tokens=True).values()) + 1,
             chat_template=chat_template_in(folder, config),
         )
+
+    @property
+    def export_files(self) -> dict[str, Path]:
+        """The files that define this tokenizer, by the names a checkpoint dir gives them."""
+        names = (TOKENIZER_FILE, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, CHAT_TEMPLATE_FILE)
+        return {name: self._folder / name for name in names if (self._folder / name).is_file()}
 
     def token_to_id(self, token: str) -> int | None:
         """Id of `token` (a vocabulary entry or an added token), or None."""

@@ -43,6 +43,7 @@ class SentencePieceTokenizer:
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"tokenizer file '{path}' not found")
+        self._path = path
         try:
             self._sp = spm.SentencePieceProcessor(model_file=str(path))
         except (RuntimeError, OSError) as e:
@@ -75,6 +76,11 @@ class SentencePieceTokenizer:
         """Token ids of `text`, optionally wrapped in BOS ... EOS."""
         ids = self._sp.encode(text)
         return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
+
+    @property
+    def export_files(self) -> dict[str, Path]:
+        """The file that defines this tokenizer, under the name checkpoint dirs give it."""
+        return {"tokenizer.model": self._path}
 
     @property
     def chat_template(self) -> str | None:

@@ -139,6 +139,11 @@ class TiktokenTokenizer(TokenizerBase):
             chat_template=chat_template,
         )
 
+    @property
+    def export_files(self) -> dict[str, Path]:
+        """The rank file that defines this tokenizer, named as in Llama 3's original checkpoints."""
+        return {"tokenizer.model": self._path}
+
     def _special_id(self, token: str, role: str) -> int:
         if token not in self._special:
             raise TokenizerError(f"'{self._path}': {role} token {token!r} is not a special token")

@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/dpo.yaml (spec sha256 4a5357ca07dc).
+# Compiled by tunegen 0.1.0 from specs/dpo.yaml (spec sha256 a432f092ff00).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/dpo.py [key=value ...]
 #   python generated/dpo.py --config generated/dpo.yaml [key=value ...]

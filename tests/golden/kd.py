@@ -213,7 +213,12 @@ class FullKDRecipe:
     def export_model(self) -> None:
         """Write the final model where transformers loads it directly."""
         export = self.cfg.export
-        save_hf_checkpoint(self.model, export.output_dir, source_dir=export.source_dir)
+        save_hf_checkpoint(
+            self.model,
+            export.output_dir,
+            source_dir=export.source_dir,
+            tokenizer=self.tokenizer,
+        )
         self.metric_logger.log_text(f"model in HF format: {export.output_dir}")
 
     def cleanup(self) -> None:

@@ -378,3 +378,18 @@ def test_save_refuses_non_empty_dir_and_foreign_config(llama_dir: Path, tmp_path
     with pytest.raises(CheckpointError, match="describes another model: n_layers is 3 there but 2"):
         save_hf_checkpoint(model, tmp_path / "out2", other)
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_training_tokenizer_goes_into_the_export(tmp_path) -> None:
+    """A built-in model exported with its tokenizer is a complete checkpoint dir: a spec can
+    name it as `model:` (SFT, then DPO or distillation from the result)."""
+    from tunegen.runtime.models import tiny
+    from tunegen.runtime.tokenizers import builtin_tokenizer, load_tokenizer
+
+    tokenizer = builtin_tokenizer("tiny")
+    out = save_hf_checkpoint(tiny(), tmp_path / "export", tokenizer=tokenizer)
+    assert (out / "tokenizer.model").is_file()
+    text = "Reverse the words.\nlion bed snow"
+    assert load_tokenizer(out).encode(text) == tokenizer.encode(text)
+    again = save_hf_checkpoint(tiny(), tmp_path / "again", out, tokenizer=load_tokenizer(out))
+    assert (again / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
