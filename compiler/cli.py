@@ -121,15 +121,17 @@ def validate(
 def run(
     ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="A generated (or hand-written) recipe .py file.")],
-    config: Annotated[
-        Path | None,
+    configs: Annotated[
+        list[Path] | None,
         typer.Option("--config", "-c", help="Config file (default: the recipe's .yaml)."),
     ] = None,
 ) -> None:
     """Run a recipe with its config and `key=value` / `~key` overrides."""
     if not recipe.is_file():
         raise TunegenError(f"{recipe}: recipe file not found")
-    config = config or recipe.with_suffix(".yaml")
+    if configs and len(configs) > 1:  # click would silently take the last one
+        raise TunegenError(f"--config is given {len(configs)} times; pass one config file")
+    config = configs[0] if configs else recipe.with_suffix(".yaml")
     if not config.is_file():
         raise TunegenError(f"{config}: config file not found (pass --config)")
     argv = ["--config", str(config), *ctx.args]

@@ -261,6 +261,13 @@ CASES: dict[str, Case] = {
         _good_recipe,
     ),
     "config_missing_recipe": Case("config", {}, ["run", "nope.py"], "recipe file not found"),
+    "config_given_twice": Case(
+        "config",
+        {},
+        _compiled("--config", "generated/bad.yaml", "-c", "generated/bad.yaml"),
+        "--config is given 2 times",
+        _good_recipe,
+    ),
     "config_add_an_existing_key": Case(
         "config", {}, _compiled("+training.lr=1e-3"), "already exists; drop the '+'", _good_recipe
     ),
@@ -464,4 +471,4 @@ def test_corpus_size_and_coverage() -> None:
         by_category[case.category] = by_category.get(case.category, 0) + 1
     print(f"\nmalformed-input corpus: {len(CASES)} cases {by_category}")
     assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer"}
-    assert len(CASES) >= 55
+    assert len(CASES) >= 56
