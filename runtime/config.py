@@ -36,12 +36,16 @@ from .errors import ConfigError
 
 __all__ = [
     "COMPONENT_KEY",
+    "LocateError",
     "apply_overrides",
+    "child_path",
     "did_you_mean",
     "expand_home",
+    "first_line",
     "has_key",
     "instantiate",
     "load_config",
+    "locate",
     "node_path",
     "parse_recipe_args",
     "resolve_component",
@@ -85,7 +89,7 @@ def load_config(path: str | Path) -> DictConfig:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: bad YAML: {e.problem or e.context}") from e
     except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: bad YAML: {_first_line(e)}") from e
+        raise ConfigError(f"{path}: bad YAML: {first_line(e)}") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the file ({e.strerror or e})") from e
     if not isinstance(cfg, DictConfig):
@@ -114,7 +118,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             with open_dict(cfg):
                 _apply_override(cfg, override)
         except OmegaConfBaseException as e:  # e.g. a read-only or typed node refusing the value
-            raise ConfigError(f"override {override!r}: {_first_line(e)}") from e
+            raise ConfigError(f"override {override!r}: {first_line(e)}") from e
     return cfg
 
 
@@ -167,7 +171,7 @@ def _parse_value(text: str, where: str) -> Any:
     except yaml.MarkedYAMLError as e:
         raise ConfigError(f"{where}: the value is not valid YAML ({e.problem or e.context})") from e
     except (yaml.YAMLError, OmegaConfBaseException) as e:
-        raise ConfigError(f"{where}: the value is not valid YAML ({_first_line(e)})") from e
+        raise ConfigError(f"{where}: the value is not valid YAML ({first_line(e)})") from e
 
 
 def _existing_parent(
@@ -285,7 +289,7 @@ def parse_recipe_args(argv: Sequence[str]) -> tuple[Path, list[str]]:
 # Components
 
 
-class _LocateError(Exception):
+class LocateError(Exception):
     """Why a dotted path could not be imported (the message lacks the key path)."""
 
 
@@ -299,8 +303,8 @@ def resolve_component(dotted: str, *, key_path: str = "") -> Any:
     (module 'torch.optim' has no attribute 'AdamWW')``.
     """
     try:
-        return _locate(dotted)
-    except _LocateError as e:
+        return locate(dotted)
+    except LocateError as e:
         raise ConfigError(f"{_component_key(key_path)}: {e}") from e.__cause__
 
 
@@ -312,13 +316,13 @@ def _component_key(key_path: str) -> str:
     return f"{key_path}.{COMPONENT_KEY}"
 
 
-def _locate(dotted: Any) -> Any:
-    """Import `dotted`, raising `_LocateError` with a one-line reason on failure."""
+def locate(dotted: Any) -> Any:
+    """Import `dotted`, raising `LocateError` with a one-line reason on failure."""
     if not isinstance(dotted, str):
-        raise _LocateError(f"expected a dotted name like 'torch.optim.AdamW', got {dotted!r}")
+        raise LocateError(f"expected a dotted name like 'torch.optim.AdamW', got {dotted!r}")
     parts = dotted.split(".")
     if not all(p.isidentifier() and p.isascii() for p in parts):
-        raise _LocateError(f"{dotted!r} is not a dotted name like 'torch.optim.AdamW'")
+        raise LocateError(f"{dotted!r} is not a dotted name like 'torch.optim.AdamW'")
     obj: Any = _import(parts[0], dotted)
     for i, part in enumerate(parts[1:], start=1):
         here = ".".join(parts[:i])
@@ -328,19 +332,19 @@ def _locate(dotted: Any) -> Any:
         except AttributeError:
             pass
         except Exception as e:  # a module-level __getattr__ that fails while importing lazily
-            raise _LocateError(f"cannot import {dotted!r} ({_first_line(e)})") from e
+            raise LocateError(f"cannot import {dotted!r} ({first_line(e)})") from e
         if not isinstance(obj, ModuleType):
-            raise _LocateError(f"cannot import {dotted!r} ({here!r} has no attribute {part!r})")
+            raise LocateError(f"cannot import {dotted!r} ({here!r} has no attribute {part!r})")
         obj = _import(
             f"{here}.{part}", dotted, missing=f"module {here!r} has no attribute {part!r}"
         )
     if isinstance(obj, ModuleType):
-        raise _LocateError(f"{dotted!r} is a module; name a class or function inside it")
+        raise LocateError(f"{dotted!r} is a module; name a class or function inside it")
     return obj
 
 
 def _import(module: str, dotted: str, *, missing: str | None = None) -> ModuleType:
-    """Import `module` with the working directory importable; report a failure as `_LocateError`."""
+    """Import `module` with the working directory importable; report a failure as `LocateError`."""
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         # Appended, not prepended: a user file must not shadow an installed package of the same
@@ -354,11 +358,11 @@ def _import(module: str, dotted: str, *, missing: str | None = None) -> ModuleTy
         if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
             reason = missing or f"no module named {module!r}"
         else:
-            reason = f"importing {module!r} failed: {type(e).__name__}: {_first_line(e)}"
-        raise _LocateError(f"cannot import {dotted!r} ({reason})") from e
+            reason = f"importing {module!r} failed: {type(e).__name__}: {first_line(e)}"
+        raise LocateError(f"cannot import {dotted!r} ({reason})") from e
     except Exception as e:  # any failure inside the user's module is reported, not a crash
-        reason = f"importing {module!r} failed: {type(e).__name__}: {_first_line(e)}"
-        raise _LocateError(f"cannot import {dotted!r} ({reason})") from e
+        reason = f"importing {module!r} failed: {type(e).__name__}: {first_line(e)}"
+        raise LocateError(f"cannot import {dotted!r} ({reason})") from e
 
 
 def instantiate(node: DictConfig | Mapping, *args: Any, **kwargs: Any) -> Any:
@@ -375,7 +379,7 @@ def instantiate(node: DictConfig | Mapping, *args: Any, **kwargs: Any) -> Any:
             data = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as e:
             where = getattr(e, "full_key", None) or key_path or "config"
-            raise ConfigError(f"{where}: {_first_line(e)}") from e
+            raise ConfigError(f"{where}: {first_line(e)}") from e
     elif isinstance(node, Mapping):
         data = dict(node)
     else:
@@ -395,7 +399,7 @@ def _build(
     dotted = data[COMPONENT_KEY]
     fn = resolve_component(dotted, key_path=key_path)
     call_kwargs = {
-        str(k): _build_nested(v, _child_path(key_path, k))
+        str(k): _build_nested(v, child_path(key_path, k))
         for k, v in data.items()
         if k != COMPONENT_KEY and k not in extra
     }
@@ -408,7 +412,7 @@ def _build(
         return fn(*args, **call_kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(
-            f"{where}: {dotted}(...) failed: {type(e).__name__}: {_first_line(e)}"
+            f"{where}: {dotted}(...) failed: {type(e).__name__}: {first_line(e)}"
         ) from e
 
 
@@ -419,9 +423,9 @@ def _build_nested(value: Any, key_path: str) -> Any:
     if isinstance(value, dict):
         if COMPONENT_KEY in value:
             return _build(value, key_path)
-        return {k: _build_nested(v, _child_path(key_path, k)) for k, v in value.items()}
+        return {k: _build_nested(v, child_path(key_path, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_build_nested(v, _child_path(key_path, i)) for i, v in enumerate(value)]
+        return [_build_nested(v, child_path(key_path, i)) for i, v in enumerate(value)]
     return value
 
 
@@ -440,10 +444,10 @@ def _check_binding(fn: Any, dotted: str, key_path: str, args: tuple, kwargs: dic
             if name not in params and not takes_any:
                 hint = did_you_mean(name, [p for p in params if not p.startswith("_")])
                 raise ConfigError(
-                    f"{_child_path(key_path, name)}: unknown argument of {dotted}{hint}"
+                    f"{child_path(key_path, name)}: unknown argument of {dotted}{hint}"
                 ) from e
         where = key_path or "config"
-        raise ConfigError(f"{where}: cannot call {dotted}: {_first_line(e)}") from e
+        raise ConfigError(f"{where}: cannot call {dotted}: {first_line(e)}") from e
 
 
 def node_path(node: Any) -> str:
@@ -455,18 +459,18 @@ def node_path(node: Any) -> str:
         node = node._get_parent()
     path = ""
     for key in reversed(parts):
-        path = _child_path(path, key)
+        path = child_path(path, key)
     return path
 
 
-def _child_path(path: str, key: Any) -> str:
+def child_path(path: str, key: Any) -> str:
     """``a.b`` + ``c`` -> ``a.b.c``; ``a.b`` + ``0`` -> ``a.b[0]`` (OmegaConf's spelling)."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else str(key)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """The first non-empty line of an exception message (OmegaConf appends multi-line context)."""
     for line in str(error).splitlines():
         if line.strip():

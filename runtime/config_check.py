@@ -38,13 +38,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import (
     COMPONENT_KEY,
-    _child_path,
-    _first_line,
-    _locate,
-    _LocateError,
+    LocateError,
+    child_path,
     did_you_mean,
     expand_home,
+    first_line,
     has_key,
+    locate,
 )
 
 __all__ = [
@@ -175,18 +175,18 @@ class _Checker:
         keys: Iterable[Any] = list(node) if isinstance(node, DictConfig) else range(len(node))
         for key in keys:
             child_reads = reads.children.get(key) if reads and isinstance(key, str) else None
-            child_path = _child_path(path, key)
+            key_path = child_path(path, key)
             child_covered = covered or isinstance(node, ListConfig)
             if not child_covered:
                 if child_reads is None:
-                    self.report(child_path, "no code reads this key")
+                    self.report(key_path, "no code reads this key")
                 child_covered = child_reads is None or child_reads.whole
-            self.child(node, key, child_path, child_reads, child_covered)
+            self.child(node, key, key_path, child_reads, child_covered)
         if reads is not None and isinstance(node, DictConfig):
             for name, child in reads.children.items():
                 if child.in_recipe and not has_key(node, name):
                     self.report(
-                        _child_path(path, name),
+                        child_path(path, name),
                         "the recipe reads this key but the config does not set it",
                     )
 
@@ -210,7 +210,7 @@ class _Checker:
             try:
                 value = parent[key]
             except OmegaConfBaseException as e:
-                self.report(path, f"cannot resolve {raw._value()!r} ({_first_line(e)})")
+                self.report(path, f"cannot resolve {raw._value()!r} ({first_line(e)})")
                 return
         elif isinstance(raw, (DictConfig, ListConfig)):
             # A chain reaching a list reads all of it: items are only addressed by index.
@@ -246,14 +246,14 @@ def _check_recipe_key_type(checker: _Checker, path: str, value: Any) -> None:
 
 def _check_component(checker: _Checker, node: DictConfig, path: str) -> None:
     """Check that the node's ``_component_`` imports and that its arguments fit its signature."""
-    key = _child_path(path, COMPONENT_KEY)
+    key = child_path(path, COMPONENT_KEY)
     try:
         dotted = node[COMPONENT_KEY]
     except OmegaConfBaseException:
         return  # a missing or broken interpolation is reported when its value is walked
     try:
-        fn = _locate(dotted)
-    except _LocateError as e:
+        fn = locate(dotted)
+    except LocateError as e:
         checker.report(key, str(e))
         return
     if not callable(fn):
@@ -301,7 +301,7 @@ def _check_argument(
     checker: _Checker, node: DictConfig, path: str, name: Any, callee: _Callee
 ) -> None:
     """Check one configured argument of a component: known, settable, and of the right type."""
-    key = _child_path(path, name)
+    key = child_path(path, name)
     dotted = callee.dotted
     param = callee.params.get(name) if isinstance(name, str) else None
     if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -480,7 +480,7 @@ def _check_files(checker: _Checker, key: str, value: Any, path: str) -> None:
             item = value[i]
         except OmegaConfBaseException:
             continue  # reported when the item itself is walked
-        _check_file(checker, key, item, _child_path(path, i))
+        _check_file(checker, key, item, child_path(path, i))
 
 
 def _check_file(checker: _Checker, key: str, value: Any, path: str) -> None:
