@@ -17,7 +17,7 @@ by tokenizing the text before it. Labels are unshifted, as in `InstructDataset`:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "chat_prompt_tokens",
     "chat_template_args",
     "check_chat_tokenizer",
+    "parse_turns",
     "read_chat_examples",
     "read_conversations",
     "tokenize_segments",
@@ -123,29 +124,40 @@ def _messages(record: Mapping[str, Any], name: str, line: int) -> list[Message]:
         found = "both" if fields else "neither"
         raise fail(f"a chat record needs a 'messages' or a 'conversations' field, found {found}")
     field = fields[0]
-    role_key, content_key, roles = _FORMS[field]
     turns = record[field]
     if not isinstance(turns, list):
         raise fail(f"field '{field}' must be an array, got {json_type_name(turns)}")
     if not turns:
         raise fail(f"empty conversation ('{field}' has no messages)")
-    messages = []
-    for number, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict):
-            raise fail(f"message {number} must be an object, got {json_type_name(turn)}")
-        for key in (role_key, content_key):
-            if key not in turn:
-                raise fail(f"message {number} has no '{key}'")
-        role, content = turn[role_key], turn[content_key]
-        if not isinstance(role, str) or role not in roles:
-            raise fail(f"message {number}: unknown role {role!r} (known: {', '.join(roles)})")
-        if not isinstance(content, str):
-            raise fail(
-                f"message {number}: '{content_key}' must be a string, got {json_type_name(content)}"
-            )
-        messages.append(Message(role=roles[role], content=content))
+    messages = parse_turns(turns, form=field, fail=fail)
     if not any(m["role"] == "assistant" for m in messages):
         raise fail("the conversation has no assistant message, so nothing to learn")
+    return messages
+
+
+def parse_turns(
+    turns: list[Any], *, form: str, fail: Callable[[str], DataError], where: str = ""
+) -> list[Message]:
+    """`turns` (a JSON array) checked message by message and read as OpenAI-form messages.
+
+    `form` is the record field the array came from, `messages` (role/content) or
+    `conversations` (ShareGPT's from/value); `where` prefixes each problem ("field 'x': ").
+    """
+    role_key, content_key, roles = _FORMS[form]
+    messages = []
+    for number, turn in enumerate(turns, start=1):
+        at = f"{where}message {number}"
+        if not isinstance(turn, dict):
+            raise fail(f"{at} must be an object, got {json_type_name(turn)}")
+        for key in (role_key, content_key):
+            if key not in turn:
+                raise fail(f"{at} has no '{key}'")
+        role, content = turn[role_key], turn[content_key]
+        if not isinstance(role, str) or role not in roles:
+            raise fail(f"{at}: unknown role {role!r} (known: {', '.join(roles)})")
+        if not isinstance(content, str):
+            raise fail(f"{at}: '{content_key}' must be a string, got {json_type_name(content)}")
+        messages.append(Message(role=roles[role], content=content))
     return messages
 
 

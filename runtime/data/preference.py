@@ -41,7 +41,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tunegen.runtime.data.chat import chat_template_args, check_chat_tokenizer, tokenize_segments
+from tunegen.runtime.data.chat import (
+    chat_template_args,
+    check_chat_tokenizer,
+    parse_turns,
+    tokenize_segments,
+)
 from tunegen.runtime.data.chat_templates import (
     CHAT_TEMPLATE_NAMES,
     Message,
@@ -61,7 +66,6 @@ Example = tuple[list[int], list[int]]  # (tokens, labels)
 Prompt = str | list[Message]  # a plain prompt, or the messages before the response
 Fail = Callable[[str], DataError]
 
-_ROLES = ("system", "user", "assistant")
 _KEYS = ("chosen_tokens", "chosen_labels", "rejected_tokens", "rejected_labels")
 
 
@@ -271,18 +275,4 @@ def _messages(value: Any, field: str, fail: Fail) -> list[Message]:
         raise fail(f"field '{field}' must be an array of messages, got {json_type_name(value)}")
     if not value:
         raise fail(f"field '{field}' has no messages")
-    messages = []
-    for number, turn in enumerate(value, start=1):
-        where = f"field '{field}': message {number}"
-        if not isinstance(turn, dict):
-            raise fail(f"{where} must be an object, got {json_type_name(turn)}")
-        for key in ("role", "content"):
-            if key not in turn:
-                raise fail(f"{where} has no '{key}'")
-        role, content = turn["role"], turn["content"]
-        if not isinstance(role, str) or role not in _ROLES:
-            raise fail(f"{where}: unknown role {role!r} (known: {', '.join(_ROLES)})")
-        if not isinstance(content, str):
-            raise fail(f"{where}: 'content' must be a string, got {json_type_name(content)}")
-        messages.append(Message(role=role, content=content))
-    return messages
+    return parse_turns(value, form="messages", fail=fail, where=f"field '{field}': ")
