@@ -249,8 +249,7 @@ def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None
 
 def _check_teacher(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     """The teacher is a supported checkpoint dir whose vocabulary is the student's."""
-    from tunegen.runtime.errors import CheckpointError
-    from tunegen.runtime.hf_checkpoint import CONFIG_FILE, model_kwargs_from_hf_config
+    from tunegen.runtime.hf_checkpoint import CONFIG_FILE
     from tunegen.runtime.models import BUILTIN_MODELS
 
     teacher = spec.kd.teacher
@@ -265,13 +264,8 @@ def _check_teacher(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     if not config_file.is_file():
         problem("kd.teacher", f"{teacher!r} is not a checkpoint dir with a {CONFIG_FILE}")
         return
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        _, kwargs = model_kwargs_from_hf_config(
-            config, where=str(config_file), max_seq_len=spec.data.max_seq_len
-        )
-    except (CheckpointError, ValueError) as exc:
-        problem("kd.teacher", str(exc))
+    kwargs = _model_kwargs(config_file, "kd.teacher", spec, problem)
+    if kwargs is None:
         return
     student_vocab = _vocab_size(spec, parsed)
     if student_vocab is not None and kwargs["vocab_size"] != student_vocab:
@@ -280,6 +274,25 @@ def _check_teacher(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
             f"the teacher's vocabulary has {kwargs['vocab_size']} tokens, the student's "
             f"{student_vocab}: distillation needs the same tokenizer",
         )
+
+
+def _model_kwargs(
+    config_file: Path, key_path: str, spec: Spec, problem: Any
+) -> dict[str, Any] | None:
+    """The model a checkpoint's config.json describes, as `llama(...)` keyword arguments, or None
+    after reporting at `key_path` why this runtime cannot build it. No weights are read."""
+    from tunegen.runtime.errors import CheckpointError
+    from tunegen.runtime.hf_checkpoint import model_kwargs_from_hf_config
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        _, kwargs = model_kwargs_from_hf_config(
+            config, where=str(config_file), max_seq_len=spec.data.max_seq_len
+        )
+    except (CheckpointError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        problem(key_path, str(exc))
+        return None
+    return kwargs
 
 
 def _vocab_size(spec: Spec, parsed: ParsedSpec) -> int | None:
@@ -300,8 +313,7 @@ def _vocab_size(spec: Spec, parsed: ParsedSpec) -> int | None:
 
 def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     """`model` names no built-in model, so it must be a supported Hugging Face checkpoint dir."""
-    from tunegen.runtime.errors import CheckpointError
-    from tunegen.runtime.hf_checkpoint import CONFIG_FILE, model_kwargs_from_hf_config
+    from tunegen.runtime.hf_checkpoint import CONFIG_FILE
     from tunegen.runtime.models import BUILTIN_MODELS
 
     folder = resolve_spec_path(parsed, spec.model)
@@ -317,13 +329,7 @@ def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     if not config_file.is_file():
         problem("model", f"checkpoint dir {spec.model!r} has no {CONFIG_FILE}")
         return
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        model_kwargs_from_hf_config(
-            config, where=str(config_file), max_seq_len=spec.data.max_seq_len
-        )
-    except (CheckpointError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        problem("model", str(exc))
+    if _model_kwargs(config_file, "model", spec, problem) is None:
         return
     if spec.tokenizer is None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         problem(
