@@ -185,9 +185,14 @@ def data(
     count = (1 if packed else 3) if show is None else show
     if count:
         typer.echo(style.legend)
-    for i in range(count if packed else min(count, len(view.dataset))):
-        render = data_cmd.render_pack if packed else data_cmd.render_sample
-        typer.echo(render(view, i, style))
+    if packed:
+        rendered = data_cmd.render_packs(view, count, style)
+    else:
+        rendered = [
+            data_cmd.render_sample(view, i, style) for i in range(min(count, len(view.dataset)))
+        ]
+    for text in rendered:
+        typer.echo(text)
     typer.echo(data_cmd.format_stats(stats, source=view.source))
 
 

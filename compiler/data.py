@@ -32,7 +32,7 @@ __all__ = [
     "build_data_view",
     "export_jsonl",
     "format_stats",
-    "render_pack",
+    "render_packs",
     "render_sample",
     "token_pieces",
 ]
@@ -244,8 +244,8 @@ def render_sample(view: DataView, index: int, style: Style) -> str:
     return "\n".join(blocks)
 
 
-def render_pack(view: DataView, pack_index: int, style: Style) -> str:
-    """One packed sequence of the samples, as packing would build it, with document breaks."""
+def render_packs(view: DataView, count: int, style: Style) -> list[str]:
+    """The first `count` packed sequences, as packing would build them, with document breaks."""
     max_seq_len = getattr(view.dataset, "max_seq_len", None)
     if max_seq_len is None:
         raise TunegenError("--packed needs a dataset with a max_seq_len")
@@ -253,21 +253,23 @@ def render_pack(view: DataView, pack_index: int, style: Style) -> str:
         raise TunegenError("--packed: preference pairs are not packed (DPO compares whole rows)")
     lengths = [len(view.dataset[i]["tokens"]) for i in range(len(view.dataset))]
     packs = pack_examples(lengths, max_seq_len)
-    if pack_index >= len(packs):
+    if count > len(packs):
         raise TunegenError(f"--show: there are only {len(packs)} packed sequences")
-    members = packs[pack_index]
-    used = sum(lengths[i] for i in members)
-    parts = []
-    for number, index in enumerate(members, start=1):
-        item = view.dataset[index]
-        if number > 1:
-            parts.append(style.document_break(number, _line_of(view.dataset, index)))
-        parts.append(_render_tokens(view.tokenizer, item["tokens"], item["labels"], style))
-    header = (
-        f"── packed sequence {pack_index + 1} of {len(packs):,}: {len(members)} documents, "
-        f"{used} of {max_seq_len} tokens ({max_seq_len - used} padding)"
-    )
-    return header + "\n" + "".join(parts)
+    rendered = []
+    for pack_index, members in enumerate(packs[:count]):
+        used = sum(lengths[i] for i in members)
+        parts = []
+        for number, index in enumerate(members, start=1):
+            item = view.dataset[index]
+            if number > 1:
+                parts.append(style.document_break(number, _line_of(view.dataset, index)))
+            parts.append(_render_tokens(view.tokenizer, item["tokens"], item["labels"], style))
+        header = (
+            f"── packed sequence {pack_index + 1} of {len(packs):,}: {len(members)} documents, "
+            f"{used} of {max_seq_len} tokens ({max_seq_len - used} padding)"
+        )
+        rendered.append(header + "\n" + "".join(parts))
+    return rendered
 
 
 def _line_of(dataset: Dataset, index: int) -> int | None:
