@@ -19,6 +19,21 @@ def tunegen(
     )
 
 
+def run_recipe(recipe: str | Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run a generated recipe with its config (the `.yaml` beside it) and `overrides`; the exit
+    status must be `expect`."""
+    recipe = Path(recipe)
+    result = subprocess.run(
+        [sys.executable, str(recipe), "--config", str(recipe.with_suffix(".yaml")), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The JSON lines of a metrics file."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

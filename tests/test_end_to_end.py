@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from helpers import losses, tunegen
+from helpers import losses, run_recipe, tunegen
 from safetensors.torch import load_file
 
 SPEC = """\
@@ -36,18 +34,6 @@ def make_recipe(method: str, steps: int, save_every: int, lr: float) -> tuple[Pa
     result = tunegen("new", "--spec", str(spec))
     assert result.returncode == 0, result.stderr
     return Path(f"generated/e2e_{method}.py"), Path(f"generated/e2e_{method}.yaml")
-
-
-def run_recipe(recipe: Path, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, str(recipe), "--config", str(recipe.with_suffix(".yaml")), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_lora_trains_30_steps_with_falling_loss_and_adapter_checkpoint(demo_workdir):
@@ -99,13 +85,7 @@ def test_full_resume_continues_with_identical_steps_and_losses(demo_workdir):
 def test_existing_run_dir_is_never_overwritten_without_resume(demo_workdir):
     recipe, _ = make_recipe("full", steps=2, save_every=100, lr=1e-3)
     run_recipe(recipe)
-    again = subprocess.run(
-        [sys.executable, str(recipe), "--config", str(recipe.with_suffix(".yaml"))],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert again.returncode == 2
+    again = run_recipe(recipe, expect=2)
     assert "already holds checkpoints" in again.stderr
     assert "Traceback" not in again.stderr
 
@@ -138,19 +118,7 @@ def test_activation_checkpointing_and_profiler(demo_workdir):
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(demo_workdir):
     recipe, _ = make_recipe("full", steps=12, save_every=2, lr=1e-3)
     # An absurd learning rate blows the weights up within a few steps.
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(recipe),
-            "--config",
-            str(recipe.with_suffix(".yaml")),
-            "training.lr=1e30",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
+    result = run_recipe(recipe, "training.lr=1e30", expect=2)
     message = result.stderr.strip().splitlines()
     assert len(message) == 1 and "the loss is nan" in message[0], message
     failed_step = int(message[0].split("step ")[1].split(":")[0])

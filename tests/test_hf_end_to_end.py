@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import losses, tunegen
+from helpers import losses, run_recipe, tunegen
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -74,13 +72,7 @@ def test_lora_on_a_hf_checkpoint_exports_an_adapter_peft_loads(workdir):
     Path("spec.yaml").write_text(SPEC)
     made = tunegen("new", "--spec", "spec.yaml")
     assert made.returncode == 0, made.stderr
-    run = subprocess.run(
-        [sys.executable, "generated/hf_lora.py", "--config", "generated/hf_lora.yaml"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_recipe("generated/hf_lora.py")
     by_step = losses(Path("runs/hf_lora/metrics.jsonl"))
     assert sorted(by_step) == list(range(1, 13))
     assert by_step[12] < by_step[1]

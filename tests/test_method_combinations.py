@@ -10,14 +10,12 @@ methods with extra state: DPO's reference, KD's teacher, QLoRA's NF4 base.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import losses, tunegen
+from helpers import losses, run_recipe, tunegen
 
 from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
@@ -81,18 +79,6 @@ def write_spec(name: str, settings: dict, steps: int, save_every: int | None = N
     return path
 
 
-def run(name: str, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, f"generated/{name}.py", "--config", f"generated/{name}.yaml", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture
 def teacher(demo_workdir: Path) -> Path:
     torch.manual_seed(7)
@@ -103,7 +89,7 @@ def teacher(demo_workdir: Path) -> Path:
 @pytest.mark.parametrize("name", sorted(COMBINATIONS))
 def test_combination_compiles_and_runs(name: str, teacher: Path) -> None:
     write_spec(name, COMBINATIONS[name], steps=3)
-    result = run(name)
+    result = run_recipe(f"generated/{name}.py")
     by_step = losses(Path(f"runs/{name}/metrics.jsonl"))
     assert sorted(by_step) == [1, 2, 3] and all(v == v for v in by_step.values())
     assert "update skipped" not in result.stdout  # nothing was non-finite here
@@ -124,11 +110,13 @@ def test_combination_compiles_and_runs(name: str, teacher: Path) -> None:
 def test_resume_gives_the_uninterrupted_losses(name: str, teacher: Path) -> None:
     settings = {k: v for k, v in COMBINATIONS[name].items() if k not in ("eval", "profiler")}
     write_spec(name, settings, steps=6, save_every=3)
-    run(name)
+    run_recipe(f"generated/{name}.py")
     uninterrupted = losses(Path(f"runs/{name}/metrics.jsonl"))
     Path("runs/resumed").mkdir()
     shutil.copytree(f"runs/{name}/step_000003", "runs/resumed/step_000003")
-    run(name, "checkpointer.output_dir=runs/resumed", "training.resume=auto")
+    run_recipe(
+        f"generated/{name}.py", "checkpointer.output_dir=runs/resumed", "training.resume=auto"
+    )
     resumed = losses(Path("runs/resumed/metrics.jsonl"))
     assert resumed == {step: uninterrupted[step] for step in (4, 5, 6)}
 
@@ -136,20 +124,17 @@ def test_resume_gives_the_uninterrupted_losses(name: str, teacher: Path) -> None
 def test_a_nonfinite_step_is_skipped_when_the_spec_says_so(demo_workdir: Path) -> None:
     write_spec("skipper", {"method": "full", "training": {"on_nonfinite_loss": "skip"}}, steps=3)
 
-    def run_with(*overrides: str) -> subprocess.CompletedProcess:
-        argv = ["generated/skipper.py", "--config", "generated/skipper.yaml", *overrides]
-        return subprocess.run(
-            [sys.executable, *argv], capture_output=True, text=True, timeout=600, check=False
-        )
-
+    recipe = "generated/skipper.py"
     # lr=1e30 wrecks the weights at step 1, so the losses after it are not finite: those
     # updates are skipped and the run ends normally.
-    short = run_with("training.lr=1e30", "checkpointer.output_dir=runs/short")
-    assert short.returncode == 0, short.stderr[-2000:]
+    short = run_recipe(recipe, "training.lr=1e30", "checkpointer.output_dir=runs/short")
     assert "step 3: loss nan, update skipped" in short.stdout
     # A loss that stays non-finite is a diverged run: after 10 skipped steps in a row it stops.
-    long = run_with(
-        "training.lr=1e30", "training.max_steps=30", "checkpointer.output_dir=runs/long"
+    long = run_recipe(
+        recipe,
+        "training.lr=1e30",
+        "training.max_steps=30",
+        "checkpointer.output_dir=runs/long",
+        expect=2,
     )
-    assert long.returncode == 2
     assert "for 11 steps in a row" in long.stderr and long.stderr.count("\n") == 1

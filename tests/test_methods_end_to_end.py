@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import SPECS
-from helpers import read_metrics, tunegen
+from helpers import read_metrics, run_recipe, tunegen
 
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
@@ -38,28 +37,20 @@ def demo_model(specs_dir: Path) -> Path:
     return save_hf_checkpoint(tiny(), folder, tokenizer=builtin_tokenizer("tiny"))
 
 
-def run_recipe(spec: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Compile `spec` and run its recipe with `overrides`; the run must succeed."""
+def compile_and_run(spec: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Compile `spec` and run its recipe, logging every step into runs/<name>; it must succeed."""
     made = tunegen("new", "--spec", str(spec))
     assert made.returncode == 0, made.stderr
     name = spec.stem
-    run = subprocess.run(
-        [
-            *(sys.executable, f"generated/{name}.py", "--config", f"generated/{name}.yaml"),
-            *("logging.every_n_steps=1", f"checkpointer.output_dir=runs/{name}", *overrides),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    return run_recipe(
+        f"generated/{name}.py",
+        *("logging.every_n_steps=1", f"checkpointer.output_dir=runs/{name}", *overrides),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
 
 
 def train(spec: Path, *overrides: str) -> list[dict]:
     """Run `spec`'s recipe with `overrides`; return the logged training rows."""
-    run_recipe(spec, *overrides)
+    compile_and_run(spec, *overrides)
     metrics = read_metrics(Path(f"runs/{spec.stem}/metrics.jsonl"))
     return [row for row in metrics if "loss" in row]
 
@@ -76,7 +67,9 @@ def test_adapter_methods_lower_the_loss(specs_dir: Path, method: str) -> None:
 
 
 def test_qlora_reports_the_quantized_base_and_exports_an_adapter(specs_dir: Path) -> None:
-    run = run_recipe(specs_dir / "qlora.yaml", "training.max_steps=2", "training.warmup_steps=0")
+    run = compile_and_run(
+        specs_dir / "qlora.yaml", "training.max_steps=2", "training.warmup_steps=0"
+    )
     assert "NF4:" in run.stdout
     assert (Path("runs/qlora/peft_adapter") / "adapter_config.json").is_file()
 

@@ -209,6 +209,7 @@ def test_preview_marks_exactly_the_loss_tokens(small_spec: Path) -> None:
 
 
 def load_config_from_spec(spec: Path):
+    """The config `tunegen new` would write for `spec`."""
     from omegaconf import OmegaConf
 
     from tunegen.compiler.pipeline import compile_spec
@@ -335,7 +336,7 @@ def test_preference_pairs_show_export_and_count_both_sides(workdir) -> None:
     code, out = run_data("spec.yaml", "--show", "1", "--export", "rows.jsonl")
     assert code == 0, out
     assert "(chosen)" in out and "(rejected)" in out and out.count("[</s>]") == 2
-    cfg = load_data_config_for("spec.yaml")
+    cfg = load_config_from_spec(Path("spec.yaml"))
     dataset = instantiate(cfg.dataset, tokenizer=builtin_tokenizer("tiny"))
     rows = read_export(workdir / "rows.jsonl")
     assert rows == [
@@ -355,9 +356,3 @@ def test_preference_pairs_show_export_and_count_both_sides(workdir) -> None:
     padded = 4 * max(lengths[:4]) + 2 * max(lengths[4:])
     assert stats["padding_share"] == pytest.approx((padded - sum(lengths)) / padded)
     assert stats["packs"] is None
-
-
-def load_data_config_for(path: str):
-    from tunegen.compiler.data import load_data_config
-
-    return load_data_config(Path(path), [], is_spec=True)
