@@ -10,6 +10,36 @@ from pathlib import Path
 TUNEGEN = [sys.executable, "-m", "tunegen.compiler"]
 
 
+# The size of the random Hugging Face models the interop tests write (small, but every shape
+# differs: heads, KV heads, hidden and intermediate sizes).
+HF_TEST_SIZES = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 96,
+    "max_position_embeddings": 64,
+}
+
+
+def save_random_hf_model(folder: Path, architecture: str) -> Path:
+    """A random-init `llama` or `phi3` (fused qkv / gate_up) checkpoint of HF_TEST_SIZES, seed 0,
+    written by transformers into `folder`."""
+    import torch
+    import transformers
+
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(**HF_TEST_SIZES),
+        "phi3": lambda: transformers.Phi3Config(
+            **HF_TEST_SIZES, pad_token_id=0, bos_token_id=1, eos_token_id=2
+        ),
+    }
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(configs[architecture]()).save_pretrained(folder)
+    return folder
+
+
 def tunegen(
     *args: str, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:

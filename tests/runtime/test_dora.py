@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import save_random_hf_model
 from safetensors.torch import load_file
 
 from tunegen.runtime import load_model, load_peft_adapter, save_peft_adapter
@@ -232,15 +233,6 @@ def test_dora_over_an_nf4_base_weight() -> None:
 
 # -- PEFT adapter files ----------------------------------------------------------------------------
 
-SIZES = {
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 96,
-    "max_position_embeddings": 64,
-}
 HF_TARGETS = {  # PEFT targets the checkpoint's (for Phi-3, fused) module names
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
@@ -249,17 +241,8 @@ HF_TARGETS = {  # PEFT targets the checkpoint's (for Phi-3, fused) module names
 
 @pytest.fixture(scope="module", params=list(HF_TARGETS))
 def base_dir(request, tmp_path_factory) -> Path:
-    transformers = pytest.importorskip("transformers")
-    config = {
-        "llama": lambda: transformers.LlamaConfig(**SIZES),
-        "phi3": lambda: transformers.Phi3Config(
-            **SIZES, pad_token_id=0, bos_token_id=1, eos_token_id=2
-        ),
-    }[request.param]()
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp(request.param)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
+    pytest.importorskip("transformers")
+    return save_random_hf_model(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def hf_model(base_dir: Path):

@@ -16,16 +16,9 @@ from tunegen.runtime.errors import CheckpointError
 from tunegen.runtime.models import llama
 
 transformers = pytest.importorskip("transformers")
+from helpers import HF_TEST_SIZES  # noqa: E402 (after the importorskip)
 
-SIZES = {
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 96,
-    "max_position_embeddings": 64,
-}
+SIZES = HF_TEST_SIZES
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "rope_theta": 500000.0,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import save_random_hf_model
 from safetensors.torch import load_file
 
 from tunegen.runtime import (
@@ -22,35 +23,17 @@ from tunegen.runtime.lora import LoRALinear, apply_lora, unmerge_lora
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-# transformers 5.24 warns about its own deprecated name when peft 0.18.1 calls it.
+# transformers 5.24 warns about its own deprecated name when peft calls it.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 
-SIZES = {
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 96,
-    "max_position_embeddings": 64,
-}
-CONFIGS = {
-    "llama": lambda: transformers.LlamaConfig(**SIZES),
-    # Fused qkv_proj / gate_up_proj: LoRA on q and v (not k) and on gate (not up).
-    "phi3": lambda: transformers.Phi3Config(
-        **SIZES, pad_token_id=0, bos_token_id=1, eos_token_id=2
-    ),
-}
+# Phi-3 has fused qkv_proj / gate_up_proj: LoRA on q and v (not k) and on gate (not up).
+ARCHITECTURES = ["llama", "phi3"]
 TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+@pytest.fixture(scope="module", params=ARCHITECTURES)
 def base_dir(request, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(CONFIGS[request.param]())
-    folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    return folder
+    return save_random_hf_model(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def trained_lora_model(base_dir: Path, *, seed: int = 1):
@@ -132,9 +115,7 @@ def test_merged_export_equals_the_lora_model(base_dir: Path, tmp_path: Path) -> 
 
 
 def test_adapter_settings_we_do_not_implement_are_refused(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    base_dir = tmp_path / "base"
-    transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"]()).save_pretrained(base_dir)
+    base_dir = save_random_hf_model(tmp_path / "base", "llama")
     out = save_peft_adapter(
         trained_lora_model(base_dir), tmp_path / "adapter", base_model="some/base"
     )
