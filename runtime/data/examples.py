@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.errors import DataError
 
-__all__ = ["DroppedRecord", "TokenizedExamples"]
+__all__ = ["DroppedRecord", "TokenizedExamples", "TruncatedRecords", "carries_loss"]
 
 
 class DroppedRecord(NamedTuple):
@@ -23,7 +23,39 @@ class DroppedRecord(NamedTuple):
     reason: str
 
 
-class TokenizedExamples(Dataset):
+def carries_loss(labels: list[int]) -> bool:
+    """Whether a (truncated) sequence still trains anything.
+
+    labels[0] is never a target once the loss shifts, so it cannot keep a sequence alive.
+    """
+    return any(label != IGNORE_INDEX for label in labels[1:])
+
+
+class TruncatedRecords(Dataset):
+    """What datasets of records truncated to `max_seq_len` share: the source line of each kept
+    item, the records dropped (with line and reason), and the error when nothing is left."""
+
+    def __init__(self, max_seq_len: int) -> None:
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
+        self.max_seq_len = max_seq_len
+        self.lines: list[int | None] = []  # source line of each kept item
+        self.dropped: list[DroppedRecord] = []
+
+    @property
+    def num_dropped(self) -> int:
+        return len(self.dropped)
+
+    def require_examples(self, source: str, what: str) -> None:
+        """Raise DataError if every record of `source` was dropped (`what`: where loss starts)."""
+        if len(self) == 0:
+            raise DataError(
+                f"data file '{source}': all {self.num_dropped} records are longer than "
+                f"max_seq_len={self.max_seq_len} before {what}"
+            )
+
+
+class TokenizedExamples(TruncatedRecords):
     """Item i is `{"tokens": [...], "labels": [...]}` (labels unshifted, -100 = no loss).
 
     Subclasses tokenize their records eagerly and `add()` each one. An example whose loss tokens
@@ -31,24 +63,15 @@ class TokenizedExamples(Dataset):
     """
 
     def __init__(self, max_seq_len: int) -> None:
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
-        self.max_seq_len = max_seq_len
+        super().__init__(max_seq_len)
         self.examples: list[tuple[list[int], list[int]]] = []
-        self.lines: list[int | None] = []  # source line of each kept example
         self.untruncated_lengths: list[int] = []  # each kept example's length before truncation
-        self.dropped: list[DroppedRecord] = []
-
-    @property
-    def num_dropped(self) -> int:
-        return len(self.dropped)
 
     def add(self, tokens: list[int], labels: list[int], *, line: int | None = None) -> None:
         """Keep the example (truncated to max_seq_len) unless no token of it carries loss."""
         length = len(tokens)
         tokens, labels = tokens[: self.max_seq_len], labels[: self.max_seq_len]
-        # labels[0] is never a target once the loss shifts, so it cannot keep a record alive.
-        if all(label == IGNORE_INDEX for label in labels[1:]):
+        if not carries_loss(labels):
             truncated = length > self.max_seq_len
             reason = (
                 f"no token carries loss within max_seq_len={self.max_seq_len} ({length} tokens)"
@@ -60,14 +83,6 @@ class TokenizedExamples(Dataset):
         self.examples.append((tokens, labels))
         self.lines.append(line)
         self.untruncated_lengths.append(length)
-
-    def require_examples(self, source: str, what: str) -> None:
-        """Raise DataError if every record of `source` was dropped (`what`: where loss starts)."""
-        if not self.examples:
-            raise DataError(
-                f"data file '{source}': all {self.num_dropped} records are longer than "
-                f"max_seq_len={self.max_seq_len} before {what}"
-            )
 
     def __len__(self) -> int:
         return len(self.examples)

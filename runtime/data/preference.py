@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from tunegen.runtime.data.chat import (
     chat_template_args,
@@ -54,7 +53,7 @@ from tunegen.runtime.data.chat_templates import (
     chat_segments,
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX, padded_collate
-from tunegen.runtime.data.examples import DroppedRecord
+from tunegen.runtime.data.examples import DroppedRecord, TruncatedRecords, carries_loss
 from tunegen.runtime.data.jsonl import json_type_name, read_numbered_records, require_fields
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES
 from tunegen.runtime.errors import DataError
@@ -69,7 +68,7 @@ Fail = Callable[[str], DataError]
 _KEYS = ("chosen_tokens", "chosen_labels", "rejected_tokens", "rejected_labels")
 
 
-class PreferenceDataset(Dataset):
+class PreferenceDataset(TruncatedRecords):
     """Tokenized preference pairs; item i is `{"chosen_tokens", "chosen_labels", ...}`.
 
     `template` is an instruct prompt template (`alpaca`, `plain`), a built-in chat template
@@ -85,12 +84,8 @@ class PreferenceDataset(Dataset):
         template: str = "alpaca",
         max_seq_len: int,
     ) -> None:
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2, got {max_seq_len}")
-        self.max_seq_len = max_seq_len
+        super().__init__(max_seq_len)
         self.pairs: list[tuple[Example, Example]] = []
-        self.lines: list[int] = []  # source line of each kept pair
-        self.dropped: list[DroppedRecord] = []
         encode = _PairEncoder(tokenizer, template)
         name = os.fspath(source)
         for line, record in read_numbered_records(source):
@@ -100,22 +95,13 @@ class PreferenceDataset(Dataset):
             except DataError as e:
                 raise DataError(f"{name}:{line}: {e}") from e
             self._add(*pair, line=line)
-        if not self.pairs:
-            raise DataError(
-                f"data file '{name}': all {self.num_dropped} records are longer than "
-                f"max_seq_len={self.max_seq_len} before their responses start"
-            )
-
-    @property
-    def num_dropped(self) -> int:
-        return len(self.dropped)
+        self.require_examples(name, "their responses start")
 
     def _add(self, chosen: Example, rejected: Example, *, line: int) -> None:
         """Keep the pair (truncated) unless a response has no loss token left."""
         lengths = len(chosen[0]), len(rejected[0])
         chosen, rejected = self._truncated(chosen), self._truncated(rejected)
-        # labels[0] is never a target once the loss shifts, so it cannot keep a response alive.
-        if any(all(x == IGNORE_INDEX for x in labels[1:]) for _, labels in (chosen, rejected)):
+        if not (carries_loss(chosen[1]) and carries_loss(rejected[1])):
             reason = "a response has no token that carries loss"
             if max(lengths) > self.max_seq_len:
                 reason += (
