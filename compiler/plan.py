@@ -33,7 +33,7 @@ from tunegen.compiler.schema import (
 )
 from tunegen.compiler.validate import resolve_spec_path
 
-__all__ = ["Entry", "Plan", "Section", "make_plan", "tunegen_version"]
+__all__ = ["Entry", "Plan", "Section", "make_plan", "recipe_for", "tunegen_version"]
 
 # Recipe class and docstring summary by (objective, how weights train).
 RECIPES = {
@@ -138,6 +138,21 @@ class Plan:
     config_sections: tuple[Section, ...]
 
 
+def recipe_for(objective: str, method: str, *, adapters: bool, dora: bool) -> tuple[str, str]:
+    """The recipe class name and its one-line summary (the module and class docstrings' first
+    line, so at most 80 characters: a test checks every combination)."""
+    if not adapters:
+        weights = "full"
+    elif objective == "sft":
+        weights = "qlora" if method == "qlora" else ("dora" if dora else "lora")
+    else:
+        weights = "lora"
+    recipe_class, summary = RECIPES[objective, weights]
+    if objective != "sft" and dora:
+        summary = summary.replace("with LoRA", "with DoRA")
+    return recipe_class, summary
+
+
 def tunegen_version() -> str:
     """The installed tunegen version, written into every generated file's header."""
     try:
@@ -153,18 +168,8 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
     the run command.
     """
     objective = spec.method if spec.method in ("dpo", "kd") else "sft"
-    adapters = uses_adapters(spec)
-    if not adapters:
-        weights = "full"
-    elif objective == "sft":
-        weights = "qlora" if spec.method == "qlora" else ("dora" if uses_dora(spec) else "lora")
-    else:
-        weights = "lora"
-    recipe_class, summary = RECIPES[objective, weights]
-    if objective != "sft" and uses_dora(spec):
-        summary = summary.replace("with LoRA", "with DoRA")
-    if len(summary) > 80:  # it heads the module and class docstrings of an 88-column file
-        raise ValueError(f"recipe summary too long for a docstring line: {summary!r}")
+    adapters, dora = uses_adapters(spec), uses_dora(spec)
+    recipe_class, summary = recipe_for(objective, spec.method, adapters=adapters, dora=dora)
     return Plan(
         name=spec.name,
         method=spec.method,
@@ -172,7 +177,7 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         summary=summary,
         objective=objective,
         lora=adapters,
-        dora=uses_dora(spec),
+        dora=dora,
         qlora=spec.method == "qlora",
         reference_copy=objective == "dpo" and not adapters,
         clip_grad_norm=spec.training.clip_grad_norm is not None,

@@ -142,3 +142,16 @@ def test_spec_reference_is_up_to_date():
 
     documented = (REPO / "docs" / "spec.md").read_text(encoding="utf-8")
     assert documented == spec_reference(), "run: python -m tunegen.compiler.docs > docs/spec.md"
+
+
+def test_every_recipe_summary_fits_a_docstring_line():
+    """The summary heads the module and class docstrings of an 88-column file."""
+    from tunegen.compiler.plan import recipe_for
+    from tunegen.compiler.schema import METHODS
+
+    for method in METHODS:
+        objective = method if method in ("dpo", "kd") else "sft"
+        for adapters in (False, True):
+            for dora in (False, True):
+                _, summary = recipe_for(objective, method, adapters=adapters, dora=dora)
+                assert len(summary) <= 80, summary
