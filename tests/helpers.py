@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 TUNEGEN = [sys.executable, "-m", "tunegen.compiler"]
 
@@ -38,6 +40,16 @@ def save_random_hf_model(folder: Path, architecture: str) -> Path:
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(configs[architecture]()).save_pretrained(folder)
     return folder
+
+
+def load_script(name: str) -> ModuleType:
+    """The module `scripts/<name>.py` (scripts are not part of the installed package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tunegen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,25 +10,17 @@ from pathlib import Path
 import libcst
 import pytest
 import yaml
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 
 
-def _refresh_module():
-    spec = importlib.util.spec_from_file_location(
-        "refresh_golden", REPO / "scripts" / "refresh_golden.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compile_all() -> dict[Path, str]:
     cwd = Path.cwd()
     try:
-        return _refresh_module().golden_outputs()
+        return load_script("refresh_golden").golden_outputs()
     finally:
         os.chdir(cwd)
 

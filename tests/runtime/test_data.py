@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from helpers import load_script
 
 from tunegen.runtime.data import (
     IGNORE_INDEX,
@@ -355,15 +354,6 @@ def test_resumed_loader_continues_where_it_stopped() -> None:
 # -- the demo assets ---------------------------------------------------------------------------
 
 
-def _load_script() -> ModuleType:
-    path = REPO / "scripts" / "make_tiny_assets.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_assets", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 ASSETS = [
     "specs/data/demo_train.jsonl",
     "specs/data/demo_heldout.jsonl",
@@ -378,7 +368,7 @@ def _digest(path: Path) -> str:
 
 
 def test_assets_script_is_deterministic_and_committed_files_are_current(tmp_path: Path) -> None:
-    script = _load_script()
+    script = load_script("make_tiny_assets")
     script.write_assets(tmp_path / "a")
     script.write_assets(tmp_path / "b")
     for name in ASSETS:

@@ -7,15 +7,14 @@ reference for the ids is the instruct and chat code that `PreferenceDataset` sha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers import load_script
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
@@ -421,17 +420,8 @@ def test_collate_puts_chosen_rows_first_and_pads_to_the_longest() -> None:
 # -- the demo pairs ------------------------------------------------------------------------------
 
 
-def _assets_script() -> ModuleType:
-    path = REPO / "scripts" / "make_tiny_assets.py"
-    spec = importlib.util.spec_from_file_location("make_tiny_assets", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_demo_preference_data_is_sound(sp: SentencePieceTokenizer) -> None:
-    tasks = _assets_script().TASKS
+    tasks = load_script("make_tiny_assets").TASKS
     pairs = read_records(REPO / "specs/data/demo_preference.jsonl")
     heldout = read_records(REPO / "specs/data/demo_heldout.jsonl")
     assert len(pairs) == 1000
