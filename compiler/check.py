@@ -7,10 +7,13 @@ reported as such, with the offending line.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import libcst
 import yaml
 
-from tunegen.compiler.render import Rendered
+if TYPE_CHECKING:  # render imports the post-render pass, which raises GeneratedCodeError
+    from tunegen.compiler.render import Rendered
 
 __all__ = ["GeneratedCodeError", "check"]
 

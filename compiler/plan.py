@@ -130,6 +130,10 @@ class Plan:
     profiler: bool
     export: bool
     export_merged: bool
+    # The feature parts (templates/features/<name>.py.j2) the recipe carries, in the order their
+    # code appears at every hook; templates never test a flag to add a feature's code.
+    features: tuple[str, ...]
+    saved_weights: str  # what save_checkpoint writes: "adapter" or "model"
     spec_source: str
     spec_hash: str
     version: str
@@ -187,6 +191,8 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         profiler=spec.profiler is not None,
         export=spec.checkpoint.export_hf,
         export_merged=spec.checkpoint.export_merged,
+        features=_features(spec, objective, adapters),
+        saved_weights="adapter" if adapters else "model",
         spec_source=_config_path(parsed.path),
         spec_hash=hashlib.sha256(parsed.text.encode("utf-8")).hexdigest()[:12],
         version=tunegen_version(),
@@ -194,6 +200,32 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         config_path=_config_path(config_path),
         config_sections=_config_sections(spec, parsed),
     )
+
+
+def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
+    """The recipe's feature parts. The order is the order of their code at a shared hook: the
+    model is checkpointed before it moves to the device, quantized after, adapters go on last."""
+    training, checkpoint = spec.training, spec.checkpoint
+    exports_full_model = checkpoint.export_hf and not adapters
+    exports_adapter = checkpoint.export_hf and adapters
+    exports_merged_model = exports_adapter and checkpoint.export_merged
+    chosen = {
+        "activation_checkpointing": training.activation_checkpointing,
+        "quantization": spec.method == "qlora",
+        "adapters": adapters,
+        "full_weights": not adapters,
+        "reference_copy": objective == "dpo" and not adapters,
+        "reference_adapters_off": objective == "dpo" and adapters,
+        "clip_grad_norm": training.clip_grad_norm is not None,
+        "profiler": spec.profiler is not None,
+        "nonfinite_skip": training.on_nonfinite_loss == "skip",
+        "nonfinite_stop": training.on_nonfinite_loss != "skip",
+        "export_hf": exports_full_model,
+        "export_peft": exports_adapter,
+        "export_merged": exports_merged_model,
+        "eval": spec.eval is not None,
+    }
+    return tuple(feature for feature, enabled in chosen.items() if enabled)
 
 
 def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
