@@ -15,64 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from combinations import COMBINATIONS, combination_spec
 from helpers import losses, run_recipe, tunegen
 
 from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 
-INSTRUCT = {"path": "data/demo_train.jsonl", "max_seq_len": 64}
-PREFERENCE = {"path": "data/demo_preference.jsonl", "format": "preference", "max_seq_len": 64}
-TEACHER = {"teacher": "teacher", "temperature": 2.0}
-
-COMBINATIONS = {
-    "dpo_dora": {"method": "dpo", "data": PREFERENCE, "lora": {"use_dora": True}},
-    "dpo_full_skip_nonfinite": {
-        "method": "dpo",
-        "data": PREFERENCE,
-        "dpo": {"use_lora": False, "loss_type": "ipo"},
-        "training": {"on_nonfinite_loss": "skip"},
-    },
-    "kd_lora_dora_eval_profiler": {
-        "method": "kd",
-        "kd": {**TEACHER, "use_lora": True},
-        "lora": {"use_dora": True},
-        "eval": {"path": "data/demo_heldout.jsonl", "max_samples": 2, "max_new_tokens": 4},
-        "profiler": {"wait_steps": 0, "warmup_steps": 0, "active_steps": 1},
-    },
-    "qlora_dora_activation_checkpointing": {
-        "method": "qlora",
-        "lora": {"use_dora": True, "targets": ["q_proj", "v_proj", "down_proj"]},
-        "training": {"activation_checkpointing": True},
-    },
-    "qlora_merged_export_bf16": {
-        "method": "qlora",
-        "training": {"dtype": "bf16"},
-        "checkpoint": {"export_merged": True},
-    },
-    "dora_grad_accum_skip_nonfinite": {
-        "method": "dora",
-        "training": {"grad_accum": 2, "on_nonfinite_loss": "skip"},
-    },
-}
-
 
 def write_spec(name: str, settings: dict, steps: int, save_every: int | None = None) -> Path:
-    spec = {"name": name, "model": "tiny", "data": INSTRUCT, **settings}
-    spec["training"] = {
-        "max_steps": steps,
-        "batch_size": 4,
-        "lr": 2e-3,
-        "warmup_steps": 0,
-        **settings.get("training", {}),
-    }
-    spec["checkpoint"] = {
-        "output_dir": f"runs/{name}",
-        "save_every_n_steps": save_every,
-        **settings.get("checkpoint", {}),
-    }
-    spec["logging"] = {"every_n_steps": 1}
     path = Path(f"{name}.yaml")
+    spec = combination_spec(name, settings, steps, save_every)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     made = tunegen("new", "--spec", str(path))
     assert made.returncode == 0, made.stderr

@@ -1,0 +1,73 @@
+"""Spec settings that combine methods and features: trained end to end by
+tests/test_method_combinations.py, and compiled into tests/golden/combinations/ by
+scripts/refresh_golden.py so that every feature part's code is reviewed as code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INSTRUCT = {"path": "data/demo_train.jsonl", "max_seq_len": 64}
+PREFERENCE = {"path": "data/demo_preference.jsonl", "format": "preference", "max_seq_len": 64}
+TEACHER = {"teacher": "teacher", "temperature": 2.0}
+
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "dpo_dora": {"method": "dpo", "data": PREFERENCE, "lora": {"use_dora": True}},
+    "dpo_full_skip_nonfinite": {
+        "method": "dpo",
+        "data": PREFERENCE,
+        "dpo": {"use_lora": False, "loss_type": "ipo"},
+        "training": {"on_nonfinite_loss": "skip"},
+    },
+    "kd_lora_dora_eval_profiler": {
+        "method": "kd",
+        "kd": {**TEACHER, "use_lora": True},
+        "lora": {"use_dora": True},
+        "eval": {"path": "data/demo_heldout.jsonl", "max_samples": 2, "max_new_tokens": 4},
+        "profiler": {"wait_steps": 0, "warmup_steps": 0, "active_steps": 1},
+    },
+    "qlora_dora_activation_checkpointing": {
+        "method": "qlora",
+        "lora": {"use_dora": True, "targets": ["q_proj", "v_proj", "down_proj"]},
+        "training": {"activation_checkpointing": True},
+    },
+    "qlora_merged_export_bf16": {
+        "method": "qlora",
+        "training": {"dtype": "bf16"},
+        "checkpoint": {"export_merged": True},
+    },
+    "dora_grad_accum_skip_nonfinite": {
+        "method": "dora",
+        "training": {"grad_accum": 2, "on_nonfinite_loss": "skip"},
+    },
+}
+
+# Compiled for review only (tests/golden/combinations/): what a recipe without the features every
+# shipped spec has (gradient clipping, export) looks like.
+GOLDEN_ONLY: dict[str, dict[str, Any]] = {
+    "full_no_clip_no_export": {
+        "method": "full",
+        "training": {"clip_grad_norm": None},
+        "checkpoint": {"export_hf": False},
+    },
+}
+
+
+def combination_spec(
+    name: str, settings: dict[str, Any], steps: int, save_every: int | None = None
+) -> dict[str, Any]:
+    """The spec of a combination: the tiny model on the demo data for `steps` steps."""
+    spec = {"name": name, "model": "tiny", "data": INSTRUCT, **settings}
+    spec["training"] = {
+        "max_steps": steps,
+        "batch_size": 4,
+        "lr": 2e-3,
+        "warmup_steps": 0,
+        **settings.get("training", {}),
+    }
+    spec["checkpoint"] = {
+        "output_dir": f"runs/{name}",
+        "save_every_n_steps": save_every,
+        **settings.get("checkpoint", {}),
+    }
+    spec["logging"] = {"every_n_steps": 1}
+    return spec
