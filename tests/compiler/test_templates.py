@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import jinja2
@@ -23,29 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 GOLDEN = REPO / "tests" / "golden"
 
-# The worked example of docs/architecture.md ("How to add a feature"), verbatim.
-TOKENS_SEEN = """\
-{# Counts the input tokens of every optimizer step; logged, and saved for resuming. #}
-{% macro setup() %}
-self.tokens_seen = 0
-{% endmacro %}
 
-{% macro before_optimizer_step() %}
-self.tokens_seen += num_inputs
-{% endmacro %}
-
-{% macro step_metrics() %}
-tokens_seen=self.tokens_seen,
-{% endmacro %}
-
-{% macro save_state() %}
-"tokens_seen": self.tokens_seen,
-{% endmacro %}
-
-{% macro load_state() %}
-self.tokens_seen = state["tokens_seen"]
-{% endmacro %}
-"""
+def _documented_example() -> str:
+    """The feature part of docs/architecture.md's "How to add a feature", as written there."""
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## How to add a feature") :]
+    block = re.search(r"```jinja\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    return textwrap.dedent(block[1])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +69,7 @@ def _with_feature(compiled: Compiled, feature: str, text: str) -> str:
     "name", ["lora", "full", "dpo", "kd", "dpo_full_skip_nonfinite", "kd_lora_dora_eval_profiler"]
 )
 def test_a_feature_added_in_one_part_reaches_its_hooks_in_every_objective(compiles, name):
-    recipe = _with_feature(compiles[name], "tokens_seen", TOKENS_SEEN)
+    recipe = _with_feature(compiles[name], "tokens_seen", _documented_example())
     setup = _function(recipe, "setup")
     assert setup.index("self.tokens_seen = 0") < setup.index("self.load_checkpoint()")
     train = _function(recipe, "train")
