@@ -1,6 +1,6 @@
 """Post-render pass, part 1: write a recipe's import block from the names its code uses.
 
-Templates write no imports. After rendering, libcst's scope analysis finds every name the code
+Templates write no imports. After rendering, the module's symbol tables give every name the code
 reads but never binds (builtins aside); each must be in `MODULE_IMPORTS` or `FROM_IMPORTS`, and
 exactly those imports are written, deduplicated and sorted the way ruff's isort rules sort them
 (`from __future__`, then standard library, then third-party, each `import x` before
@@ -9,10 +9,11 @@ exactly those imports are written, deduplicated and sorted the way ruff's isort 
 
 from __future__ import annotations
 
+import builtins
+import symtable
 import sys
 
 import libcst
-from libcst.metadata import MetadataWrapper, ScopeProvider
 
 from tunegen.compiler.check import GeneratedCodeError
 
@@ -60,6 +61,8 @@ FROM_IMPORTS = {
 # Names every module has without importing them.
 MODULE_GLOBALS = frozenset({"__file__", "__name__", "__doc__", "__spec__"})
 
+BUILTINS = frozenset(dir(builtins))
+
 # Every generated file starts its imports with this line.
 FUTURE = "from __future__ import annotations"
 
@@ -73,13 +76,14 @@ def add_imports(source: str) -> str:
     module = _parse(source)
     body = [stmt for stmt in module.body if not _is_import(stmt)]
     module = module.with_changes(body=body)
-    unknown = sorted(n for n in unbound_names(module) if not _importable(n))
+    names = unbound_names(module.code)
+    unknown = sorted(n for n in names if not _importable(n))
     if unknown:
         raise GeneratedCodeError(
             f"generated recipe uses {', '.join(unknown)}, which it neither defines nor imports: "
             "add the name to FROM_IMPORTS or MODULE_IMPORTS in compiler/imports.py"
         )
-    block = _import_block(unbound_names(module))
+    block = _import_block(names)
     start = 1 if body and _is_docstring(body[0]) else 0
     imports = [
         libcst.parse_statement(line + "\n").with_changes(
@@ -99,16 +103,29 @@ def _after_blank_line(stmt: libcst.BaseStatement) -> libcst.BaseStatement:
     return stmt.with_changes(leading_lines=[libcst.EmptyLine(), *lines])
 
 
-def unbound_names(module: libcst.Module) -> set[str]:
-    """Names `module` reads that no assignment, definition, import or builtin binds."""
-    wrapper = MetadataWrapper(module)
-    scopes = {scope for scope in wrapper.resolve(ScopeProvider).values() if scope is not None}
-    return {
-        access.node.value
-        for scope in scopes
-        for access in scope.accesses
-        if not access.referents and isinstance(access.node, libcst.Name)
-    } - MODULE_GLOBALS
+def unbound_names(source: str) -> set[str]:
+    """Names `source` reads that no assignment, definition, import or builtin binds.
+
+    Python's own symbol tables answer this in a millisecond (libcst's scope analysis takes a
+    third of a second per recipe). Without a `from __future__ import annotations` in `source`,
+    they include the names used only in annotations, which need importing all the same.
+    """
+    try:
+        top = symtable.symtable(source, "recipe.py", "exec")
+    except SyntaxError as exc:
+        raise GeneratedCodeError(f"generated recipe does not compile: {exc}") from exc
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    read = set()
+    tables = [top]
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        read |= {
+            s.get_name()
+            for s in table.get_symbols()
+            if s.is_referenced() and (s.is_global() or table is top)
+        }
+    return read - bound - BUILTINS - MODULE_GLOBALS
 
 
 def _import_block(names: set[str]) -> list[tuple[str, bool]]:
