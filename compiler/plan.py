@@ -119,17 +119,7 @@ class Plan:
     recipe_class: str
     summary: str
     objective: str  # what the loss is: "sft" (cross-entropy), "dpo" or "kd"
-    lora: bool  # adapters train on a frozen base (lora, dora, qlora, dpo/kd with use_lora)
-    dora: bool
-    qlora: bool
-    reference_copy: bool  # dpo without adapters keeps a frozen copy of the starting model
-    clip_grad_norm: bool
-    eval: bool
-    activation_checkpointing: bool
-    skip_nonfinite: bool  # skip a step whose loss is NaN/inf instead of stopping the run
-    profiler: bool
-    export: bool
-    export_merged: bool
+    dora: bool  # the adapters are DoRA (features/adapters.py.j2 asks)
     # The feature parts (templates/features/<name>.py.j2) the recipe carries, in the order their
     # code appears at every hook; templates never test a flag to add a feature's code.
     features: tuple[str, ...]
@@ -180,17 +170,7 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         recipe_class=recipe_class,
         summary=summary,
         objective=objective,
-        lora=adapters,
         dora=dora,
-        qlora=spec.method == "qlora",
-        reference_copy=objective == "dpo" and not adapters,
-        clip_grad_norm=spec.training.clip_grad_norm is not None,
-        eval=spec.eval is not None,
-        activation_checkpointing=spec.training.activation_checkpointing,
-        skip_nonfinite=spec.training.on_nonfinite_loss == "skip",
-        profiler=spec.profiler is not None,
-        export=spec.checkpoint.export_hf,
-        export_merged=spec.checkpoint.export_merged,
         features=_features(spec, objective, adapters),
         saved_weights="adapter" if adapters else "model",
         spec_source=_config_path(parsed.path),
