@@ -41,9 +41,14 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Compiled for review only (tests/golden/combinations/): what a recipe without the features every
-# shipped spec has (gradient clipping, export) looks like.
+# Compiled for review only (tests/golden/combinations/): a recipe without the features every
+# shipped spec has (gradient clipping, export); a skipped step that still steps the profiler.
 GOLDEN_ONLY: dict[str, dict[str, Any]] = {
+    "lora_profiler_skip_nonfinite": {
+        "method": "lora",
+        "profiler": {"wait_steps": 0, "warmup_steps": 0, "active_steps": 1},
+        "training": {"on_nonfinite_loss": "skip"},
+    },
     "full_no_clip_no_export": {
         "method": "full",
         "training": {"clip_grad_norm": None},

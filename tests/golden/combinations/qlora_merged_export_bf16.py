@@ -212,7 +212,7 @@ class QLoRAFinetuneRecipe:
         export = self.cfg.export
         save_peft_adapter(self.model, export.output_dir, base_model=export.base_model)
         self.metric_logger.log_text(f"adapter in PEFT format: {export.output_dir}")
-        # Merging needs dense base weights (they keep the NF4 rounding of the base).
+        # Merging needs dense base weights; they carry the base model's NF4 rounding.
         dequantize_base_weights(self.model)
         save_hf_checkpoint(
             self.model,

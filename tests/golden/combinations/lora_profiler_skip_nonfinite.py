@@ -1,0 +1,250 @@
+# Compiled by tunegen 0.1.0 from lora_profiler_skip_nonfinite.yaml (spec sha256 43d99f9fa946).
+# This file is yours to edit. Run it with its config:
+#   tunegen run generated/lora_profiler_skip_nonfinite.py [key=value ...]
+#   python generated/lora_profiler_skip_nonfinite.py --config generated/lora_profiler_skip_nonfinite.yaml [key=value ...]
+"""LoRA fine-tuning: low-rank adapters train while the base weights stay frozen."""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import partial
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tunegen.runtime.checkpointing import load_weights_into
+from tunegen.runtime.config import instantiate
+from tunegen.runtime.data import ResumableSampler, padded_collate
+from tunegen.runtime.environment import (
+    resolve_device,
+    resolve_dtype,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from tunegen.runtime.errors import ConfigError
+from tunegen.runtime.gradients import scale_grads
+from tunegen.runtime.launch import load_recipe_config, run_main
+from tunegen.runtime.lora import apply_lora, lora_state_dict, mark_only_lora_trainable
+from tunegen.runtime.numerics import NonFiniteStepSkipper
+from tunegen.runtime.peft_export import save_peft_adapter
+from tunegen.runtime.profiling import Profiler
+
+# Only the adapters are saved: the base weights never change.
+WEIGHTS_FILE = "adapter.safetensors"
+
+
+class LoRAFinetuneRecipe:
+    """LoRA fine-tuning: low-rank adapters train while the base weights stay frozen.
+
+    `setup()` builds every component from the config, `load_checkpoint()` continues an
+    interrupted run, `train()` runs the loop, `save_checkpoint()` writes the weights and
+    the state needed to resume, `cleanup()` releases what is open.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.environment.device)
+        self.dtype = resolve_dtype(cfg.environment.dtype, self.device)
+        seed_everything(cfg.environment.seed)
+        self.global_step = 0
+        self.saved_step: int | None = None
+
+    def setup(self) -> None:
+        self.metric_logger = instantiate(self.cfg.logging.metric_logger)
+        self.checkpointer = instantiate(self.cfg.checkpointer)
+        self.tokenizer = instantiate(self.cfg.tokenizer)
+        # Data first: a bad record should stop the run before any weights are built.
+        self.dataloader = self._setup_data()
+        self.model = self._setup_model()
+        self.optimizer = self._setup_optimizer()
+        self.lr_scheduler = self._setup_lr_scheduler()
+        self.loss_fn = instantiate(self.cfg.loss)
+        self.profiler = self._setup_profiler()
+        self.nonfinite = NonFiniteStepSkipper()
+        self.load_checkpoint()
+
+    def _setup_data(self) -> DataLoader:
+        dataset = instantiate(self.cfg.dataset, tokenizer=self.tokenizer)
+        self.sampler = ResumableSampler(
+            len(dataset),
+            shuffle=self.cfg.dataloader.shuffle,
+            seed=self.cfg.environment.seed,
+        )
+        dataloader = DataLoader(
+            dataset,
+            batch_size=self.cfg.dataloader.batch_size,
+            sampler=self.sampler,
+            collate_fn=partial(padded_collate, pad_id=self.tokenizer.pad_id),
+            drop_last=True,
+        )
+        # A step takes grad_accum micro-batches; a last partial window is skipped.
+        self.steps_per_epoch = len(dataloader) // self.cfg.training.grad_accum
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"dataset: {len(dataset)} samples are too few for one optimizer step "
+                "(dataloader.batch_size x training.grad_accum)"
+            )
+        return dataloader
+
+    def _setup_model(self) -> torch.nn.Module:
+        model = instantiate(self.cfg.model)
+        model = model.to(device=self.device, dtype=self.dtype)
+        # Adapters go on last, so they start from the base weights training will see.
+        apply_lora(
+            model,
+            targets=list(self.cfg.lora.targets),
+            rank=self.cfg.lora.rank,
+            alpha=self.cfg.lora.alpha,
+            dropout=self.cfg.lora.dropout,
+        )
+        mark_only_lora_trainable(model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        return model
+
+    def _setup_optimizer(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return instantiate(self.cfg.optimizer, params=trainable)
+
+    def _setup_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        training = self.cfg.training
+        self.total_steps = training.epochs * self.steps_per_epoch
+        if training.max_steps is not None:
+            self.total_steps = min(self.total_steps, training.max_steps)
+        return instantiate(
+            self.cfg.lr_scheduler,
+            optimizer=self.optimizer,
+            total_steps=self.total_steps,
+        )
+
+    def _setup_profiler(self) -> Profiler:
+        # Results land in profiler.output_dir once the active window has been recorded.
+        return instantiate(self.cfg.profiler)
+
+    def load_checkpoint(self) -> None:
+        """Continue from a checkpoint when `training.resume` asks for one."""
+        path = self.checkpointer.resume_from(self.cfg.training.resume)
+        if path is None:
+            return
+        weights, state = self.checkpointer.load(path, filename=WEIGHTS_FILE)
+        load_weights_into(self.model, weights, strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.global_step = self.saved_step = state["global_step"]
+        set_rng_state(state["rng"])
+        self.metric_logger.log_text(f"resumed from {path} at step {self.global_step}")
+
+    def train(self) -> None:
+        """Step the optimizer until `training.epochs` or `training.max_steps` ends."""
+        grad_accum = self.cfg.training.grad_accum
+        batch_size = self.cfg.dataloader.batch_size
+        self.model.train()
+        while self.global_step < self.total_steps:
+            # The data position follows from the step, so a resumed run continues it.
+            epoch, step_in_epoch = divmod(self.global_step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, skip=step_in_epoch * grad_accum * batch_size)
+            batches = iter(self.dataloader)
+            steps_left = self.total_steps - self.global_step
+            for _ in range(min(self.steps_per_epoch - step_in_epoch, steps_left)):
+                step_start = time.perf_counter()
+                loss_sum, num_tokens, num_inputs = 0.0, 0, 0
+                for _ in range(grad_accum):
+                    batch = next(batches)
+                    tokens = batch["tokens"].to(self.device)  # (B, T)
+                    labels = batch["labels"].to(self.device)  # (B, T), -100: no loss
+                    logits = self.model(tokens)  # (B, T, vocab)
+                    batch_loss, batch_tokens = self.loss_fn(logits, labels)
+                    batch_loss.backward()
+                    loss_sum += batch_loss.item()
+                    num_tokens += int(batch_tokens)
+                    num_inputs += tokens.numel()
+                if self.nonfinite.should_skip(loss_sum, step=self.global_step + 1):
+                    self._skip_step(loss_sum)
+                    continue
+                # The loss is a sum over tokens. Dividing the gradients by the window's
+                # token count keeps accumulation exact for batches of unequal length.
+                scale_grads(self.model, 1.0 / max(num_tokens, 1))
+                metrics = {"loss": loss_sum / max(num_tokens, 1)}
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.cfg.training.clip_grad_norm
+                )
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                self._log_step(
+                    **metrics,
+                    grad_norm=grad_norm.item(),
+                    tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
+                )
+                self.lr_scheduler.step()
+                self.profiler.step()
+                self._save_if_due()
+        self.save_checkpoint()
+
+    def _skip_step(self, loss: float) -> None:
+        """Drop this step's update but count the step: data order and schedule hold."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.metric_logger.log_text(
+            f"step {self.global_step}: loss {loss}, update skipped"
+        )
+        self.lr_scheduler.step()
+        self.profiler.step()
+        self._save_if_due()
+
+    def _log_step(self, **metrics: float) -> None:
+        step = self.global_step
+        if step % self.cfg.logging.every_n_steps == 0 or step == self.total_steps:
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr of this step
+            self.metric_logger.log(step, metrics)
+
+    def _save_if_due(self) -> None:
+        every = self.cfg.training.save_every_n_steps
+        due = every is not None and self.global_step % every == 0
+        if due and self.global_step < self.total_steps:  # train() saves the last step
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        """Write the adapter weights and everything needed to resume from this step."""
+        if self.saved_step == self.global_step:
+            return  # already saved at this step (e.g. a resumed run that had finished)
+        self.checkpointer.save(
+            self.global_step,
+            lora_state_dict(self.model),
+            filename=WEIGHTS_FILE,
+            recipe_state={
+                "global_step": self.global_step,
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+        self.saved_step = self.global_step
+
+    def export_model(self) -> None:
+        """Write the final model where peft loads it directly."""
+        export = self.cfg.export
+        save_peft_adapter(self.model, export.output_dir, base_model=export.base_model)
+        self.metric_logger.log_text(f"adapter in PEFT format: {export.output_dir}")
+
+    def cleanup(self) -> None:
+        self.profiler.stop()
+        self.metric_logger.close()
+
+
+def main(argv: list[str]) -> None:
+    # The config is checked against this file before anything is built: typos, unknown
+    # component arguments, missing files and keys no code reads are reported together.
+    cfg = load_recipe_config(argv, recipe_file=__file__)
+    recipe = LoRAFinetuneRecipe(cfg)
+    recipe.setup()
+    recipe.train()
+    recipe.export_model()
+    recipe.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
