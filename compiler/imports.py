@@ -83,13 +83,12 @@ def add_imports(source: str) -> str:
             f"generated recipe uses {', '.join(unknown)}, which it neither defines nor imports: "
             "add the name to FROM_IMPORTS or MODULE_IMPORTS in compiler/imports.py"
         )
-    block = _import_block(names)
     start = 1 if body and _is_docstring(body[0]) else 0
     imports = [
         libcst.parse_statement(line + "\n").with_changes(
-            leading_lines=[libcst.EmptyLine()] if blank else []
+            leading_lines=[libcst.EmptyLine()] if new_section else []
         )
-        for line, blank in block
+        for line, new_section in _import_block(names)
     ]
     rest = [_after_blank_line(stmt) for stmt in body[start : start + 1]] + body[start + 1 :]
     return module.with_changes(body=[*body[:start], *imports, *rest]).code
