@@ -9,11 +9,13 @@ its traceback. `one_line` and `and_more` help keep messages to that one line.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Problem",
     "SpecError",
     "TokenizerError",
     "TunegenError",
@@ -44,6 +46,26 @@ class CheckpointError(TunegenError):
 
 class TokenizerError(TunegenError):
     """A tokenizer file is missing or corrupt."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a spec or config, located by key path (``training.lr``, ``layers[0].dim``)
+    and, for a spec, by file and line: ``spec.yaml:12: training.lr: must be greater than 0``.
+
+    The one located-problem type of tunegen: the spec validator and the config pre-flight both
+    report lists of these.
+    """
+
+    key_path: str
+    message: str
+    file: str = ""
+    line: int = 0
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file and self.line else self.file
+        text = f"{self.key_path}: {self.message}" if self.key_path else self.message
+        return f"{where}: {text}" if where else text
 
 
 def one_line(error: BaseException) -> str:
