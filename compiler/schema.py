@@ -195,7 +195,9 @@ class TrainingSpec(_Section):
         1.0, "clip the gradient norm to this (null: no clipping)", gt=0
     )
     dtype: Literal["fp32", "bf16"] = option("fp32", "parameter and compute dtype")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    device: str = option(
+        "auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"
+    )
     seed: int = option(0, "seed for initialisation, data order and dropout", ge=0)
     activation_checkpointing: bool = option(
         False, "recompute activations in the backward pass: less memory, more compute"
@@ -471,8 +473,12 @@ def explain(error: Mapping[str, Any], field: FieldInfo | None, keys: Sequence[st
         return f"unknown key{_suggest(str(error['loc'][-1]), keys, error['loc'][:-1])}"
     if kind == "missing":
         return f"missing required key ({field.description if field else ''})"
-    bounds = {"greater_than_equal": "at least", "greater_than": "greater than",
-              "less_than_equal": "at most", "less_than": "less than"}
+    bounds = {
+        "greater_than_equal": "at least",
+        "greater_than": "greater than",
+        "less_than_equal": "at most",
+        "less_than": "less than",
+    }
     if kind in bounds:
         bound = next(iter(ctx.values()))
         return f"must be {bounds[kind]} {bound:g}, got {value!r}"

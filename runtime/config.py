@@ -273,7 +273,11 @@ def known_names(cfg: DictConfig, prefix: str, word: str) -> dict[str, str]:
 
     spec_key = FOREIGN_NAMES.get(word) or (f"{prefix}.{word}" if prefix else word)
     for config_key, from_spec in CONFIG_KEYS.items():
-        if from_spec == spec_key and config_key != child_path(prefix, word) and _holds_value(cfg, config_key):
+        if (
+            from_spec == spec_key
+            and config_key != child_path(prefix, word)
+            and _holds_value(cfg, config_key)
+        ):
             return {word: config_key}
     return {}
 
@@ -483,12 +487,12 @@ def _check_binding(
     except (TypeError, ValueError):
         return  # some builtins have no signature; the call itself will tell
     given = [name for name in kwargs if name not in supplied]
-    problems = binding_problems(
-        signature.parameters, dotted, given, supplied, positional=len(args)
-    )
+    problems = binding_problems(signature.parameters, dotted, given, supplied, positional=len(args))
     if problems:
         name, message = problems[0]
-        raise ConfigError(f"{child_path(key_path, name) if name else key_path or 'config'}: {message}")
+        raise ConfigError(
+            f"{child_path(key_path, name) if name else key_path or 'config'}: {message}"
+        )
     try:
         signature.bind(*args, **kwargs)
     except TypeError as e:
@@ -511,7 +515,9 @@ def binding_problems(
     Unknown arguments get a did-you-mean; a missing required argument is one nobody passes.
     """
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    keywords = [p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    keywords = [
+        p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     problems: list[tuple[str | None, str]] = []
     for name in given:
         param = params.get(name) if isinstance(name, str) else None
@@ -520,7 +526,9 @@ def binding_problems(
                 hint = did_you_mean(str(name), [k for k in keywords if not k.startswith("_")])
                 problems.append((name, f"unknown argument of {dotted}{hint}"))
         elif param.kind is param.POSITIONAL_ONLY:
-            problems.append((name, f"{dotted} takes {name!r} only by position, so a config cannot set it"))
+            problems.append(
+                (name, f"{dotted} takes {name!r} only by position, so a config cannot set it")
+            )
     filled = [
         p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ][:positional]
