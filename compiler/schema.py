@@ -50,6 +50,8 @@ __all__ = [
     "explain",
     "field_at",
     "json_schema",
+    "json_schema_text",
+    "SCHEMA_FILE",
     "option",
     "spec_errors",
     "strip_optional",
@@ -61,6 +63,8 @@ __all__ = [
 METHODS = ("full", "lora", "dora", "qlora", "dpo", "kd")
 # Methods that are LoRA by definition; dpo and kd train adapters when their `use_lora` says so.
 ADAPTER_METHODS = ("lora", "dora", "qlora")
+SCHEMA_FILE = "spec.schema.json"
+"""The JSON Schema shipped next to this module (`tunegen schema -o compiler/spec.schema.json`)."""
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -599,6 +603,13 @@ def bounds_of(field: FieldInfo) -> dict[str, float]:
             if getattr(item, name, None) is not None:
                 found[name] = getattr(item, name)
     return found
+
+
+def json_schema_text() -> str:
+    """`json_schema()` as the text of a `.schema.json` file (`tunegen schema` prints it)."""
+    import json
+
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def json_schema() -> dict[str, Any]:

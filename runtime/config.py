@@ -271,7 +271,9 @@ def known_names(cfg: DictConfig, prefix: str, word: str) -> dict[str, str]:
     can be set."""
     from tunegen.compiler.schema import CONFIG_KEYS, FOREIGN_NAMES
 
-    spec_key = FOREIGN_NAMES.get(word) or (f"{prefix}.{word}" if prefix else word)
+    if child_path(prefix, word) in CONFIG_KEYS:
+        return {}  # a config key of its own: not another key's spec name
+    spec_key = FOREIGN_NAMES.get(word) or child_path(prefix, word)
     for config_key, from_spec in CONFIG_KEYS.items():
         if (
             from_spec == spec_key
