@@ -16,7 +16,7 @@ import shutil
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 import torch
@@ -176,12 +176,12 @@ def test_bad_override_is_one_line_naming_key_and_rule(
 
 def test_every_config_key_is_covered(compiled: dict[str, str]) -> None:
     assert set(CONFIG_KEYS) <= set(compiled), set(CONFIG_KEYS) - set(compiled)
-    assert INTERPOLATED == {
+    assert {
         "dataloader.batch_size",
         "optimizer.lr",
         "optimizer.weight_decay",
         "lr_scheduler.warmup_steps",
-    }
+    } == INTERPOLATED
     assert len(CASES) >= 80
 
 
