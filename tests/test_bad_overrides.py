@@ -198,3 +198,22 @@ def test_a_value_written_over_an_interpolation_keeps_the_rule(
         "generated/adapters.yaml: training.batch_size: no code in adapters.py reads this key; "
         "remove it, or read it in the recipe (self.cfg.training.batch_size)\n"
     )
+
+
+def test_a_renamed_key_is_reported_with_every_interpolation_that_misses_it(
+    compiled: dict[str, str], capsys, monkeypatch
+) -> None:
+    """Renaming training.batch_size in a config breaks `${training.batch_size}`; the misspelt key
+    itself, which no code reads, is reported in the same run with a did-you-mean."""
+    monkeypatch.chdir(compiled["<root>"])
+    text = Path("generated/adapters.yaml").read_text()
+    assert "  batch_size: 2 " in text
+    Path("renamed.yaml").write_text(text.replace("  batch_size: 2 ", "  batch_sizex: 2 "))
+    capsys.readouterr()
+    assert _call(["validate", "renamed.yaml", "--recipe", "generated/adapters.py"]) == 2
+    assert capsys.readouterr().err == (
+        "error: renamed.yaml: dataloader.batch_size: cannot resolve '${training.batch_size}' "
+        "(Interpolation key 'training.batch_size' not found)\n"
+        "renamed.yaml: training.batch_sizex: no code in adapters.py reads this key; "
+        "did you mean 'training.batch_size'?\n"
+    )

@@ -596,3 +596,54 @@ class R:
         "'training.max_steps'?",
         "training.max_steps: the recipe reads this key but the config does not set it",
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# All problems at once: a misspelt key and the interpolations that miss it
+
+
+def test_a_misspelt_key_is_reported_with_the_interpolation_that_misses_it() -> None:
+    source = "def f(self):\n    return self.cfg.dataloader.batch_size, self.cfg.training.lr\n"
+    data = {
+        "dataloader": {"batch_size": "${training.batch_size}"},
+        "training": {"lr": 0.1, "batch_sizex": 4},
+    }
+    assert _problems(data, recipe_source=source, recipe_name="lora.py") == [
+        "dataloader.batch_size: cannot resolve '${training.batch_size}' "
+        "(Interpolation key 'training.batch_size' not found)",
+        "training.batch_sizex: no code in lora.py reads this key; "
+        "did you mean 'training.batch_size'?",
+    ]
+
+
+def test_names_from_other_tools_in_configs() -> None:
+    source = "def f(self):\n    return self.cfg.training.lr, self.cfg.training.grad_accum\n"
+    data = {
+        "training": {
+            "lr": 0.1,
+            "grad_accum": 1,
+            "learning_rate": 0.2,
+            "gradient_accumulation_steps": 2,
+        }
+    }
+    assert _problems(data, recipe_source=source) == [
+        "training.learning_rate: no code in the recipe reads this key; did you mean 'training.lr'?",
+        "training.gradient_accumulation_steps: no code in the recipe reads this key; "
+        "did you mean 'training.grad_accum'?",
+    ]
+
+
+def test_spec_rules_apply_to_config_keys_at_the_key_holding_the_value() -> None:
+    data = {
+        "dataloader": {"batch_size": "${training.batch_size}", "shuffle": "yes"},
+        "training": {"batch_size": 0, "lr": "${training.peak}", "peak": -1.0},
+        "environment": {"device": "gpu", "dtype": "fp16", "seed": 0},
+    }
+    # Each once, where the value is written (reached first through dataloader.batch_size).
+    assert _problems(data) == [
+        "training.batch_size: must be at least 1, got 0",
+        "dataloader.shuffle: expected true or false, got a string ('yes')",
+        "training.peak: must be greater than 0, got -1.0",
+        "environment.device: 'gpu' is not auto, cpu, cuda, cuda:N or mps",
+        "environment.dtype: 'fp16' is not one of fp32, bf16; did you mean 'bf16'?",
+    ]
