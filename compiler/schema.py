@@ -477,15 +477,10 @@ def explain(error: Mapping[str, Any], field: FieldInfo | None, keys: Sequence[st
         return f"unknown key{_suggest(str(error['loc'][-1]), keys, error['loc'][:-1])}"
     if kind == "missing":
         return f"missing required key ({field.description if field else ''})"
-    bounds = {
-        "greater_than_equal": "at least",
-        "greater_than": "greater than",
-        "less_than_equal": "at most",
-        "less_than": "less than",
-    }
-    if kind in bounds:
-        bound = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {bound:g}, got {value!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        from tunegen.runtime.errors import out_of_bounds
+
+        return out_of_bounds(value, **ctx) or error["msg"]
     if kind == "identifier":
         return error["msg"]
     if kind == "string_pattern_mismatch":

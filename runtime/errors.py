@@ -21,6 +21,7 @@ __all__ = [
     "TunegenError",
     "and_more",
     "one_line",
+    "out_of_bounds",
 ]
 
 
@@ -66,6 +67,28 @@ class Problem:
         where = f"{self.file}:{self.line}" if self.file and self.line else self.file
         text = f"{self.key_path}: {self.message}" if self.key_path else self.message
         return f"{where}: {text}" if where else text
+
+
+_BOUND_WORDS = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+
+
+def out_of_bounds(value: float, **bounds: float | None) -> str | None:
+    """``"must be at least 1, got 0"`` if `value` breaks one of `bounds` (``ge``, ``gt``, ``le``,
+    ``lt``), else None.
+
+    The one wording of range errors: the spec validator, the config pre-flight (both through the
+    spec schema) and runtime constructors that protect direct library callers all use it.
+    """
+    broken = {
+        "ge": lambda bound: value >= bound,
+        "gt": lambda bound: value > bound,
+        "le": lambda bound: value <= bound,
+        "lt": lambda bound: value < bound,
+    }
+    for name, bound in bounds.items():
+        if bound is not None and not broken[name](bound):
+            return f"must be {_BOUND_WORDS[name]} {bound:g}, got {value!r}"
+    return None
 
 
 def one_line(error: BaseException) -> str:

@@ -24,7 +24,7 @@ from tunegen.compiler.schema import (
     json_schema_text,
 )
 from tunegen.compiler.validate import validate_spec
-from tunegen.runtime.errors import SpecError
+from tunegen.runtime.errors import ConfigError, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -193,3 +193,39 @@ def test_names_from_other_tools_in_specs(write_spec, workdir, old, new, expected
         validate_spec(parse_spec(path))
     lines = str(info.value).splitlines()
     assert any(line.endswith(expected) for line in lines), lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Constructors keep the checks that protect direct callers, in the spec's words
+
+
+def test_constructor_checks_use_the_spec_wording() -> None:
+    import torch
+
+    from tunegen.compiler.schema import check_value
+    from tunegen.runtime.distillation import ForwardKLLoss
+    from tunegen.runtime.dpo import DPOLoss
+    from tunegen.runtime.profiling import Profiler
+    from tunegen.runtime.schedulers import cosine_with_warmup
+
+    cases = [
+        (lambda: DPOLoss(beta=0), "dpo.beta", 0, "beta: "),
+        (lambda: DPOLoss(loss_type="hinge"), "dpo.loss_type", "hinge", "loss_type: "),
+        (lambda: ForwardKLLoss(temperature=0), "kd.temperature", 0, "temperature: "),
+        (
+            lambda: Profiler(output_dir="p", active_steps=0),
+            "profiler.active_steps",
+            0,
+            "profiler: active_steps: ",
+        ),
+    ]
+    for build, spec_key, value, prefix in cases:
+        with pytest.raises(ValueError) as info:
+            build()
+        assert str(info.value) == prefix + check_value(spec_key, value)[1]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError) as info:
+        cosine_with_warmup(optimizer, warmup_steps=-1, total_steps=10)
+    assert str(info.value) == (
+        "scheduler: warmup_steps: " + check_value("training.warmup_steps", -1)[1]
+    )
