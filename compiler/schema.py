@@ -370,7 +370,6 @@ FOREIGN_NAMES: dict[str, str] = {
     "num_warmup_steps": "training.warmup_steps",
     "log_every_n_steps": "logging.every_n_steps",
     "enable_activation_checkpointing": "training.activation_checkpointing",
-    "max_seq_length_tokens": "data.max_seq_len",
 }
 """Names users bring from HF Trainer, axolotl and torchtune, and the spec key each one means."""
 

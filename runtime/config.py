@@ -275,11 +275,7 @@ def known_names(cfg: DictConfig, prefix: str, word: str) -> dict[str, str]:
         return {}  # a config key of its own: not another key's spec name
     spec_key = FOREIGN_NAMES.get(word) or child_path(prefix, word)
     for config_key, from_spec in CONFIG_KEYS.items():
-        if (
-            from_spec == spec_key
-            and config_key != child_path(prefix, word)
-            and _holds_value(cfg, config_key)
-        ):
+        if from_spec == spec_key and _holds_value(cfg, config_key):
             return {word: config_key}
     return {}
 
