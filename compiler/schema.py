@@ -9,8 +9,9 @@ contract: extend, never rename.
 
 The models are pydantic v2 models in strict mode with unknown keys forbidden: pydantic does the
 type, range and choice checks and reports every error with its location; `explain` turns each
-into tunegen's one-line wording. Only pydantic and the standard library are imported here, so the
-runtime can import this module before a run without loading torch.
+into tunegen's one-line wording. Only pydantic, the standard library and the runtime's config and
+error modules are imported here, so the runtime can import this module before a run without
+loading torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic import ValidationError as _ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined
+
+from tunegen.runtime.config import did_you_mean
+from tunegen.runtime.errors import out_of_bounds
 
 __all__ = [
     "ADAPTER_METHODS",
@@ -477,8 +481,6 @@ def explain(error: Mapping[str, Any], field: FieldInfo | None, keys: Sequence[st
     if kind == "missing":
         return f"missing required key ({field.description if field else ''})"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        from tunegen.runtime.errors import out_of_bounds
-
         return out_of_bounds(value, **ctx) or error["msg"]
     if kind == "identifier":
         return error["msg"]
@@ -491,8 +493,6 @@ def explain(error: Mapping[str, Any], field: FieldInfo | None, keys: Sequence[st
         return f"must not be null (expected {type_name(hint)})"
     choices = _choices(hint)
     if choices and not isinstance(value, (list, dict)):
-        from tunegen.runtime.config import did_you_mean
-
         close = did_you_mean(str(value), [str(c) for c in choices], cutoff=0.7)
         return f"{value!r} is not one of {', '.join(map(str, choices))}{close}"
     return f"expected {type_name(hint)}, got {describe_value(value)}"
@@ -501,14 +501,12 @@ def explain(error: Mapping[str, Any], field: FieldInfo | None, keys: Sequence[st
 def _suggest(word: str, keys: Sequence[str], section: Sequence[Any]) -> str:
     """The did-you-mean for an unknown spec key: a name from another tool, a close key of the
     same section, or the section that has this key."""
-    from tunegen.runtime.config import did_you_mean
-
     here = _key_path(section)
-    target = FOREIGN_NAMES.get(word)
-    if target is not None:
-        parent, _, name = target.rpartition(".")
-        return f"; did you mean {(name if parent == here else target)!r}?"
-    close = did_you_mean(word, keys, cutoff=0.7)
+    known = {}
+    if word in FOREIGN_NAMES:
+        parent, _, name = FOREIGN_NAMES[word].rpartition(".")
+        known[word] = name if parent == here else FOREIGN_NAMES[word]
+    close = did_you_mean(word, keys, cutoff=0.7, known=known)
     if close or not section:
         return close
     elsewhere = [
