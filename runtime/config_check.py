@@ -42,6 +42,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tunegen.compiler.schema import CONFIG_KEYS, check_value
+
 from .config import (
     COMPONENT_KEY,
     LocateError,
@@ -217,8 +219,6 @@ class _Checker:
 def _check_spec_rules(checker: _Checker, path: str, value: Any) -> None:
     """A key that holds a spec value keeps the spec key's rules, reported with the spec's words
     at the key that holds the value (`training.batch_size` for `dataloader.batch_size`)."""
-    from tunegen.compiler.schema import CONFIG_KEYS, check_value
-
     spec_key = CONFIG_KEYS.get(path)
     if spec_key is None:
         return
@@ -322,8 +322,6 @@ def _check_argument_type(
     hints: Mapping[str, Any],
 ) -> None:
     """A configured argument's value must fit the component's annotation of it."""
-    from tunegen.compiler.schema import CONFIG_KEYS
-
     key = child_path(path, name)
     annotation = hints.get(name, inspect.Parameter.empty)
     if annotation is inspect.Parameter.empty or key in CONFIG_KEYS:
