@@ -6,6 +6,7 @@
     tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
     tunegen ls                          built-in specs, methods and models
     tunegen cp NAME DEST                copy a built-in spec to edit
+    tunegen schema [--output F]         the spec's JSON Schema, for editors and tools
 
 Every user error is one line on stderr and exit status 2; `--debug` shows the traceback.
 """
@@ -225,6 +226,27 @@ def copy_builtin(
         )
     copy_spec(builtin[name], dest, force=force)
     typer.echo(f"wrote {dest}")
+
+
+@app.command("schema")
+def print_schema(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file instead.")
+    ] = None,
+) -> None:
+    """Print the spec's JSON Schema (every key, type, range, choice and doc) for editors and tools.
+
+    Specs written by `tunegen cp` point yaml-language-server at the copy shipped with tunegen.
+    """
+    from tunegen.compiler.schema import json_schema_text
+
+    if output is None:
+        typer.echo(json_schema_text(), nl=False)
+        return
+    from tunegen.compiler.write import write_outputs
+
+    write_outputs({output: json_schema_text()}, force=True)
+    typer.echo(f"wrote {output}")
 
 
 def _is_spec(path: Path) -> bool:

@@ -1,19 +1,23 @@
 """`tunegen cp`: copy a built-in spec for editing.
 
 A built-in spec names its data relative to its own folder inside the installed package. The copy
-lives elsewhere, so those paths are rewritten to absolute ones; comments and layout are kept.
+lives elsewhere, so those paths are rewritten to absolute ones; comments and layout are kept. The
+copy starts with a `# yaml-language-server: $schema=...` line naming the spec's JSON Schema shipped
+with tunegen, so editors with the YAML language server complete and check keys as the user types.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.render import yaml_value
+from tunegen.compiler.schema import SCHEMA_FILE
 from tunegen.compiler.validate import resolve_spec_path
 from tunegen.compiler.write import write_outputs
 
-__all__ = ["PATH_KEYS", "copy_spec"]
+__all__ = ["PATH_KEYS", "copy_spec", "schema_line", "schema_path"]
 
 PATH_KEYS = ("data.path", "eval.path", "tokenizer", "kd.teacher")
 
@@ -31,8 +35,18 @@ def copy_spec(source: Path, dest: Path, *, force: bool = False) -> Path:
         key = key_path.rpartition(".")[2]
         head, sep, tail = lines[index].partition(f"{key}:")
         lines[index] = head + sep + tail.replace(value, yaml_value(absolute), 1)
-    write_outputs({dest: "".join(lines)}, force=force)
+    write_outputs({dest: schema_line() + "".join(lines)}, force=force)
     return dest
+
+
+def schema_path() -> Path:
+    """The spec's JSON Schema file shipped inside the installed tunegen package."""
+    return Path(str(files("tunegen.compiler") / SCHEMA_FILE)).resolve()
+
+
+def schema_line() -> str:
+    """The modeline that points yaml-language-server (VS Code, Neovim, ...) at the schema."""
+    return f"# yaml-language-server: $schema={schema_path().as_uri()}\n"
 
 
 def _lookup(values: dict, key_path: str) -> object:

@@ -5,12 +5,11 @@ python -m tunegen.compiler.docs > docs/spec.md
 
 from __future__ import annotations
 
-import dataclasses
-import typing
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from tunegen.compiler.render import yaml_value
-from tunegen.compiler.schema import Spec
-from tunegen.compiler.validate import strip_optional, type_name
+from tunegen.compiler.schema import Spec, bounds_of, strip_optional, type_name
 
 __all__ = ["spec_reference"]
 
@@ -40,43 +39,36 @@ logging: {every_n_steps: 1}
 def spec_reference() -> str:
     """The Markdown reference of every spec key."""
     parts = [INTRO, _table(Spec, "")]
-    hints = typing.get_type_hints(Spec)
-    for f in dataclasses.fields(Spec):
-        section = strip_optional(hints[f.name])
-        if dataclasses.is_dataclass(section):
+    for name, field in Spec.model_fields.items():
+        section = strip_optional(field.annotation)
+        if isinstance(section, type) and issubclass(section, BaseModel):
             parts.append(
-                f"## `{f.name}`\n\n{section.__doc__.strip()}\n\n{_table(section, f.name + '.')}"
+                f"## `{name}`\n\n{section.__doc__.strip()}\n\n{_table(section, name + '.')}"
             )
     return "\n".join(parts)
 
 
-def _table(cls: type, prefix: str) -> str:
-    hints = typing.get_type_hints(cls)
+def _table(cls: type[BaseModel], prefix: str) -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(cls):
+    for name, field in cls.model_fields.items():
         rows.append(
-            f"| `{prefix}{f.name}` | {type_name(hints[f.name])} | {_default(f)} | {_doc(f)} |"
+            f"| `{prefix}{name}` | {type_name(field.annotation)} | {_default(field)} | {_doc(field)} |"
         )
     return "\n".join(rows) + "\n"
 
 
-def _default(f: dataclasses.Field) -> str:
-    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
         return "required"
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if dataclasses.is_dataclass(value):
+    if isinstance(field.default, BaseModel):
         return "see below"
-    return f"`{yaml_value(value)}`"
+    return f"`{yaml_value(field.default)}`"
 
 
-def _doc(f: dataclasses.Field) -> str:
-    meta = f.metadata
-    bounds = [
-        f"{word} {meta[key]:g}"
-        for key, word in (("ge", "≥"), ("gt", ">"), ("le", "≤"))
-        if meta.get(key) is not None
-    ]
-    doc = meta["doc"]
+def _doc(field: FieldInfo) -> str:
+    words = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    bounds = [f"{words[key]} {value:g}" for key, value in bounds_of(field).items()]
+    doc = field.description or ""
     return f"{doc} ({', '.join(bounds)})" if bounds else doc
 
 

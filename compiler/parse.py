@@ -13,27 +13,9 @@ from typing import Any
 
 import yaml
 
-from tunegen.runtime.errors import SpecError
+from tunegen.runtime.errors import Problem, SpecError
 
 __all__ = ["ParsedSpec", "Problem", "parse_spec", "parse_spec_text"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec, located by file, line and key path."""
-
-    file: str
-    line: int
-    key_path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return (
-            f"{where}: {self.key_path}: {self.message}"
-            if self.key_path
-            else f"{where}: {self.message}"
-        )
 
 
 @dataclass(frozen=True)
@@ -75,12 +57,12 @@ def parse_spec_text(text: str, path: str | Path) -> ParsedSpec:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(str(Problem(str(path), line, "", f"invalid YAML: {problem}"))) from None
+        raise SpecError(str(Problem("", f"invalid YAML: {problem}", str(path), line))) from None
     if root is None:
         raise SpecError(f"{path}: the spec is empty")
     if not isinstance(root, yaml.MappingNode):
         raise SpecError(
-            str(Problem(str(path), root.start_mark.line + 1, "", "a spec is a mapping of keys"))
+            str(Problem("", "a spec is a mapping of keys", str(path), root.start_mark.line + 1))
         )
     lines: dict[str, int] = {}
     problems: list[Problem] = []
@@ -101,10 +83,10 @@ def _build(
             child = f"{key_path}.{key}" if key_path else str(key)
             line = key_node.start_mark.line + 1
             if not isinstance(key, str):
-                problems.append(Problem(str(path), line, key_path, f"key {key!r} is not a string"))
+                problems.append(Problem(key_path, f"key {key!r} is not a string", str(path), line))
                 continue
             if key in result:
-                problems.append(Problem(str(path), line, child, "duplicate key"))
+                problems.append(Problem(child, "duplicate key", str(path), line))
                 continue
             lines[child] = line
             result[key] = _build(value_node, child, lines, problems, path)

@@ -24,7 +24,9 @@ def check_spec_file(path: Path) -> str:
     """Validate the spec at `path` and the config it compiles to; return a one-line summary."""
     compiled = compile_spec(path)
     cfg = OmegaConf.create(compiled.rendered.config)
-    problems = check_config(cfg, recipe_source=compiled.rendered.recipe)
+    problems = check_config(
+        cfg, recipe_source=compiled.rendered.recipe, recipe_name=compiled.recipe_path.name
+    )
     if problems:  # the compiler produced a config its own recipe rejects: a tunegen bug
         raise TunegenError(format_problems(problems, source=f"{path} (compiled config)"))
     return f"ok: {path} is a valid {compiled.spec.method} spec (would write {compiled.recipe_path})"
@@ -44,8 +46,12 @@ def check_config_file(path: Path, overrides: Sequence[str], *, recipe: Path | No
         source = None
     else:
         raise ConfigError(f"{recipe}: recipe file not found")
-    problems = check_config(cfg, recipe_source=source)
+    problems = check_config(cfg, recipe_source=source, recipe_name=recipe.name)
     if problems:
         raise ConfigError(format_problems(problems, source=str(path)))
-    unread_note = "" if source is not None else " (no recipe found: unread keys not checked)"
+    unread_note = (
+        ""
+        if source is not None
+        else " (no recipe found: unread keys and arguments the recipe passes not checked)"
+    )
     return f"ok: {path}{unread_note}"

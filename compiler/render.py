@@ -26,6 +26,7 @@ import yaml
 from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.parser import Parser
+from omegaconf import OmegaConf
 
 from tunegen.compiler.formatting import format_python
 from tunegen.compiler.imports import add_imports
@@ -142,10 +143,26 @@ def yaml_value(value: Any) -> str:
     style = (
         '"' if isinstance(value, str) and not (value.isascii() and value.isprintable()) else None
     )
+    text = _dump(value, style)
+    # OmegaConf reads some plain text PyYAML writes unquoted (`0E0`) as a number: quote it.
+    if isinstance(value, str) and style is None and _omegaconf_reads(text) != value:
+        text = _dump(value, "'")
+    return text
+
+
+def _dump(value: Any, style: str | None) -> str:
     text = yaml.safe_dump(
         value, default_flow_style=True, default_style=style, width=float("inf"), allow_unicode=True
     )
     return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _omegaconf_reads(text: str) -> Any:
+    """The value OmegaConf reads from the plain YAML value `text` (it reads `0E0` as a number)."""
+    try:
+        return OmegaConf.create(f"v: {text}")._get_node("v")._value()
+    except Exception:  # noqa: BLE001 -- anything OmegaConf cannot read back is quoted instead
+        return None
 
 
 def comment_text(value: Any) -> str:

@@ -1,32 +1,24 @@
 """Stage 2: check a parsed spec against the schema and build a typed `Spec`.
 
 Every problem is collected (not just the first) and located by file, line and key path, so a user
-fixes a spec in one pass. Checks, in order: unknown keys (with did-you-mean), types, ranges and
-choices, then rules that span several keys, then files on disk.
+fixes a spec in one pass. Unknown keys (with did-you-mean), types, ranges and choices are the
+schema's (`compiler.schema`, checked by pydantic); then come rules that span several keys, the
+model registry and files on disk.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
 import json
-import keyword
-import operator
-import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tunegen.compiler.parse import ParsedSpec, Problem
-from tunegen.compiler.schema import Spec, uses_adapters
-from tunegen.runtime.config import expand_home
-from tunegen.runtime.errors import SpecError
+from tunegen.compiler.parse import ParsedSpec
+from tunegen.compiler.schema import Spec, spec_errors, strip_optional, type_name, uses_adapters
+from tunegen.runtime.config import did_you_mean, expand_home
+from tunegen.runtime.errors import Problem, SpecError
 
 __all__ = ["resolve_spec_path", "strip_optional", "type_name", "validate_spec"]
 
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 TEMPLATES_BY_FORMAT = {
     "instruct": ("alpaca", "plain"),
     "chat": ("alpaca", "llama3", "chatml", "mistral", "tokenizer"),
@@ -34,16 +26,13 @@ TEMPLATES_BY_FORMAT = {
     "preference": ("alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_MISSING = object()
 
 
 def validate_spec(parsed: ParsedSpec) -> Spec:
     """Return the typed spec, or raise SpecError listing every problem, one per line."""
-    problems: list[Problem] = []
-    checker = _Checker(parsed, problems)
-    spec = checker.section(Spec, parsed.values, "")
-    if not problems:
+    spec, errors = spec_errors(parsed.values)
+    problems = [_located(parsed, key_path, message) for key_path, message in errors]
+    if spec is not None:
         _check_rules(spec, parsed, problems)
     if problems:
         raise SpecError("\n".join(str(p) for p in problems))
@@ -56,114 +45,15 @@ def resolve_spec_path(parsed: ParsedSpec, value: str) -> Path:
     return path if path.is_absolute() else parsed.path.parent / path
 
 
-class _Checker:
-    """Walks raw values against the schema dataclasses, collecting problems."""
-
-    def __init__(self, parsed: ParsedSpec, problems: list[Problem]) -> None:
-        self.parsed = parsed
-        self.problems = problems
-
-    def problem(self, key_path: str, message: str) -> None:
-        self.problems.append(
-            Problem(str(self.parsed.path), self.parsed.line_of(key_path), key_path, message)
-        )
-
-    def section(self, cls: type, raw: Any, key_path: str) -> Any:
-        if not isinstance(raw, dict):
-            self.problem(key_path, f"expected a mapping of keys, got {_describe(raw)}")
-            return None
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        for key in raw:
-            if key not in fields:
-                self.problem(
-                    _join(key_path, key), f"unknown key{_did_you_mean(key, fields, key_path)}"
-                )
-        values = {}
-        for name, f in fields.items():
-            child = _join(key_path, name)
-            if name in raw:
-                values[name] = self.value(hints[name], raw[name], child, f.metadata)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                self.problem(child, f"missing required key ({f.metadata['doc']})")
-                values[name] = None
-        if any(v is None and not _optional(hints[n]) for n, v in values.items() if n in raw):
-            return None
-        try:
-            return cls(**values)
-        except TypeError:
-            return None
-
-    def value(self, hint: Any, raw: Any, key_path: str, meta: dict) -> Any:
-        """Check one value against its type hint and the field's constraints."""
-        if raw is None:
-            if not _optional(hint):
-                self.problem(key_path, f"must not be null (expected {type_name(hint)})")
-            return None
-        hint = strip_optional(hint)
-        if dataclasses.is_dataclass(hint):
-            return self.section(hint, raw, key_path)
-        value = self.coerce(hint, raw, key_path)
-        if value is _MISSING:
-            return None
-        self.constraints(value, key_path, meta)
-        return value
-
-    def coerce(self, hint: Any, raw: Any, key_path: str) -> Any:
-        origin = typing.get_origin(hint)
-        if origin is Literal:
-            choices = typing.get_args(hint)
-            if raw in choices and type(raw) is type(choices[0]):
-                return raw
-            hint_text = _did_you_mean(str(raw), choices, None)
-            self.problem(
-                key_path, f"{raw!r} is not one of {', '.join(map(str, choices))}{hint_text}"
-            )
-            return _MISSING
-        if origin is list:
-            (item_hint,) = typing.get_args(hint)
-            if not isinstance(raw, list):
-                self.problem(key_path, f"expected a list, got {_describe(raw)}")
-                return _MISSING
-            items = [self.coerce(item_hint, item, f"{key_path}[{i}]") for i, item in enumerate(raw)]
-            return _MISSING if _MISSING in items else items
-        if origin in (typing.Union, types.UnionType):
-            for option in typing.get_args(hint):
-                if _matches(option, raw):
-                    return raw
-            self.problem(key_path, f"expected {type_name(hint)}, got {_describe(raw)}")
-            return _MISSING
-        if hint is float and isinstance(raw, str) and _FLOAT_TEXT.fullmatch(raw.strip()):
-            return float(raw)  # YAML 1.1 reads `1e-3` as a string
-        if hint is float and _matches(int, raw):
-            return float(raw)
-        if _matches(hint, raw):
-            return raw
-        self.problem(key_path, f"expected {type_name(hint)}, got {_describe(raw)}")
-        return _MISSING
-
-    def constraints(self, value: Any, key_path: str, meta: dict) -> None:
-        checks = (
-            ("ge", lambda v, b: v >= b, "at least"),
-            ("gt", lambda v, b: v > b, "greater than"),
-            ("le", lambda v, b: v <= b, "at most"),
-        )
-        for name, ok, words in checks:
-            bound = meta.get(name)
-            if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
-                self.problem(key_path, f"must be {words} {bound:g}, got {value!r}")
-        if meta.get("kind") == "identifier" and not _is_identifier(value):
-            self.problem(
-                key_path,
-                f"{value!r} is not a plain Python identifier (letters, digits, _; not a keyword)",
-            )
+def _located(parsed: ParsedSpec, key_path: str, message: str) -> Problem:
+    return Problem(key_path, message, str(parsed.path), parsed.line_of(key_path))
 
 
 def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> None:
     """Rules that involve several keys, the model registry, or the file system."""
 
     def problem(key_path: str, message: str) -> None:
-        problems.append(Problem(str(parsed.path), parsed.line_of(key_path), key_path, message))
+        problems.append(_located(parsed, key_path, message))
 
     from tunegen.runtime.models import BUILTIN_MODELS, LINEAR_LAYER_NAMES
 
@@ -200,8 +90,6 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     if data.format != "instruct" and spec.eval is not None:
         problem("eval", "exact-match evaluation needs data.format: instruct")
     training = spec.training
-    if not _DEVICE.fullmatch(training.device):
-        problem("training.device", f"{training.device!r} is not auto, cpu, cuda, cuda:N or mps")
     if training.max_steps is not None and training.warmup_steps > training.max_steps:
         problem(
             "training.warmup_steps",
@@ -318,7 +206,7 @@ def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
 
     folder = resolve_spec_path(parsed, spec.model)
     if not folder.is_dir():
-        close = _did_you_mean(spec.model, BUILTIN_MODELS, None)
+        close = _did_you_mean(spec.model, BUILTIN_MODELS)
         names = ", ".join(sorted(BUILTIN_MODELS))
         problem(
             "model",
@@ -345,7 +233,7 @@ def _check_lora_targets(targets: list[str], known: tuple[str, ...], problem: Any
         if target not in known:
             problem(
                 f"lora.targets[{index}]",
-                f"unknown layer {target!r}{_did_you_mean(target, known, None)} (choose from {', '.join(known)})",
+                f"unknown layer {target!r}{_did_you_mean(target, known)} (choose from {', '.join(known)})",
             )
     if len(set(targets)) != len(targets):
         problem("lora.targets", "lists a layer more than once")
@@ -367,95 +255,5 @@ def _check_files(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
             problem(key_path, f"{value!r} is not a .json or .jsonl file")
 
 
-def _is_identifier(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and value.isidentifier()
-        and value.isascii()
-        and not keyword.iskeyword(value)
-    )
-
-
-def _join(key_path: str, key: str) -> str:
-    return f"{key_path}.{key}" if key_path else key
-
-
-def _did_you_mean(word: str, options: Any, key_path: str | None) -> str:
-    """`; did you mean 'x'?` for the closest option, or the same key in another section."""
-    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.7)
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    if key_path is not None:
-        elsewhere = _sections_with_key(word)
-        if elsewhere:
-            return f"; {word!r} belongs in {' or '.join(elsewhere)}"
-    return ""
-
-
-def _sections_with_key(word: str) -> list[str]:
-    found = []
-    for f in dataclasses.fields(Spec):
-        hint = strip_optional(typing.get_type_hints(Spec)[f.name])
-        if dataclasses.is_dataclass(hint) and word in {g.name for g in dataclasses.fields(hint)}:
-            found.append(f"{f.name}.{word}")
-    return found
-
-
-def _optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(
-        None
-    ) in typing.get_args(hint)
-
-
-def strip_optional(hint: Any) -> Any:
-    """`X | None` -> `X`; other hints unchanged."""
-    if not _optional(hint):
-        return hint
-    rest = [a for a in typing.get_args(hint) if a is not type(None)]
-    return functools.reduce(operator.or_, rest)
-
-
-def _matches(hint: Any, raw: Any) -> bool:
-    if hint is type(None):
-        return raw is None
-    if hint is bool:
-        return isinstance(raw, bool)
-    if hint is int:
-        return isinstance(raw, int) and not isinstance(raw, bool)
-    if hint is float:
-        return isinstance(raw, (int, float)) and not isinstance(raw, bool)
-    if hint is str:
-        return isinstance(raw, str)
-    return False
-
-
-def type_name(hint: Any) -> str:
-    """How a type hint reads in errors and docs: `an integer`, `one of a, b`, ..."""
-    hint = strip_optional(hint) if _optional(hint) else hint
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    if origin is list:
-        return f"a list of {type_name(typing.get_args(hint)[0])}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in typing.get_args(hint))
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _describe(raw: Any) -> str:
-    kinds = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }
-    return (
-        f"{kinds.get(type(raw), type(raw).__name__)} ({raw!r})"
-        if not isinstance(raw, (list, dict))
-        else kinds[type(raw)]
-    )
+def _did_you_mean(word: str, options: Any) -> str:
+    return did_you_mean(word, [str(o) for o in options], cutoff=0.7)

@@ -38,12 +38,14 @@ __all__ = [
     "COMPONENT_KEY",
     "LocateError",
     "apply_overrides",
+    "binding_problems",
     "child_path",
     "did_you_mean",
     "expand_home",
     "first_line",
     "has_key",
     "instantiate",
+    "known_names",
     "load_config",
     "locate",
     "node_path",
@@ -132,7 +134,7 @@ def _apply_override(cfg: DictConfig, override: str) -> None:
             raise ConfigError(f"{where}: a deletion takes no value; write '~key.sub'")
         keys = _parse_key(override[1:], where)
         parent, last = _existing_parent(cfg, keys, where)
-        _check_exists(parent, keys, last, where)
+        _check_exists(parent, keys, last, where, cfg)
         del parent[last]
         return
     add = override.startswith("+")
@@ -145,7 +147,7 @@ def _apply_override(cfg: DictConfig, override: str) -> None:
         _add(cfg, keys, value, where)
     else:
         parent, last = _existing_parent(cfg, keys, where)
-        _check_exists(parent, keys, last, where)
+        _check_exists(parent, keys, last, where, cfg)
         parent[last] = value
 
 
@@ -180,7 +182,7 @@ def _existing_parent(
     """Walk to the container holding the last key; every key on the way must already exist."""
     node: Any = cfg
     for depth, key in enumerate(keys[:-1]):
-        _check_exists(node, keys[: depth + 1], key, where)
+        _check_exists(node, keys[: depth + 1], key, where, cfg)
         node = node._get_node(key)
         if not isinstance(node, (DictConfig, ListConfig)) or node._is_interpolation():
             path = _join(keys[: depth + 1])
@@ -188,7 +190,9 @@ def _existing_parent(
     return node, keys[-1]
 
 
-def _check_exists(node: Any, keys: list[str | int], key: str | int, where: str) -> None:
+def _check_exists(
+    node: Any, keys: list[str | int], key: str | int, where: str, root: DictConfig | None = None
+) -> None:
     """Raise a did-you-mean `ConfigError` unless `key` exists in `node` (``???`` values count)."""
     if isinstance(node, ListConfig):
         if isinstance(key, int) and key < len(node):
@@ -200,7 +204,8 @@ def _check_exists(node: Any, keys: list[str | int], key: str | int, where: str) 
         return
     prefix = _join(keys[:-1])
     names = [str(k) for k in node]
-    hint = did_you_mean(str(key), names, prefix=prefix)
+    known = known_names(root, prefix, str(key)) if root is not None else {}
+    hint = did_you_mean(str(key), names, prefix=prefix, known=known)
     if not hint:
         hint = f"; to add a new key write '+{_join(keys)}=...'"
     raise ConfigError(f"{where}: no key {_join(keys)!r} in the config{hint}")
@@ -235,16 +240,54 @@ def _join(keys: Sequence[str | int]) -> str:
     return ".".join(str(k) for k in keys)
 
 
-def did_you_mean(word: str, candidates: Sequence[str], *, prefix: str = "") -> str:
+def did_you_mean(
+    word: str,
+    candidates: Sequence[str],
+    *,
+    prefix: str = "",
+    cutoff: float = 0.6,
+    known: Mapping[str, str] | None = None,
+) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close.
 
     `prefix` (a dotted key path) is prepended to the suggestion so it reads as a full key path.
+    `known` maps names users bring from other tools (``learning_rate``) to the full key path they
+    mean here; it is consulted first. This is the one did-you-mean of tunegen: spec keys, config
+    keys, overrides, component arguments and choices all use it.
     """
-    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    if known and word in known:
+        return f"; did you mean {known[word]!r}?"
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
     if not matches:
         return ""
     suggestion = f"{prefix}.{matches[0]}" if prefix else matches[0]
     return f"; did you mean {suggestion!r}?"
+
+
+def known_names(cfg: DictConfig, prefix: str, word: str) -> dict[str, str]:
+    """What `word` under `prefix` means in `cfg` when it is a spec key path or a name from another
+    tool: ``{"learning_rate": "training.lr"}``, ``{"seed": "environment.seed"}`` (for
+    ``training.seed``), or ``{}``. Only keys `cfg` holds a value at are named, so the suggestion
+    can be set."""
+    from tunegen.compiler.schema import CONFIG_KEYS, FOREIGN_NAMES
+
+    if child_path(prefix, word) in CONFIG_KEYS:
+        return {}  # a config key of its own: not another key's spec name
+    spec_key = FOREIGN_NAMES.get(word) or child_path(prefix, word)
+    for config_key, from_spec in CONFIG_KEYS.items():
+        if from_spec == spec_key and _holds_value(cfg, config_key):
+            return {word: config_key}
+    return {}
+
+
+def _holds_value(cfg: DictConfig, key_path: str) -> bool:
+    """Whether `key_path` exists in `cfg` and holds a value rather than an interpolation."""
+    node: Any = cfg
+    for part in key_path.split("."):
+        if not isinstance(node, DictConfig) or not has_key(node, part):
+            return False
+        node = node._get_node(part)
+    return not node._is_interpolation()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,7 +450,7 @@ def _build(
     where = key_path or "config"
     if not callable(fn):
         raise ConfigError(f"{where}: {dotted!r} is not callable")
-    _check_binding(fn, dotted, key_path, args, call_kwargs)
+    _check_binding(fn, dotted, key_path, args, call_kwargs, supplied=tuple(extra))
     try:
         return fn(*args, **call_kwargs)
     except (TypeError, ValueError) as e:
@@ -429,25 +472,75 @@ def _build_nested(value: Any, key_path: str) -> Any:
     return value
 
 
-def _check_binding(fn: Any, dotted: str, key_path: str, args: tuple, kwargs: dict) -> None:
-    """Raise a `ConfigError` (with a did-you-mean) if the arguments do not fit `fn`'s signature."""
+def _check_binding(
+    fn: Any, dotted: str, key_path: str, args: tuple, kwargs: dict, supplied: tuple[str, ...]
+) -> None:
+    """Raise a `ConfigError` (with a did-you-mean) if the arguments do not fit `fn`'s signature.
+
+    `kwargs` holds the node's own keys and the caller's explicit keyword arguments (`supplied`);
+    the problems and their wording are the pre-flight's (`binding_problems`).
+    """
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # some builtins have no signature; the call itself will tell
+    given = [name for name in kwargs if name not in supplied]
+    problems = binding_problems(signature.parameters, dotted, given, supplied, positional=len(args))
+    if problems:
+        name, message = problems[0]
+        raise ConfigError(
+            f"{child_path(key_path, name) if name else key_path or 'config'}: {message}"
+        )
     try:
         signature.bind(*args, **kwargs)
     except TypeError as e:
-        params = signature.parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        for name in kwargs:
-            if name not in params and not takes_any:
-                hint = did_you_mean(name, [p for p in params if not p.startswith("_")])
-                raise ConfigError(
-                    f"{child_path(key_path, name)}: unknown argument of {dotted}{hint}"
-                ) from e
-        where = key_path or "config"
-        raise ConfigError(f"{where}: cannot call {dotted}: {first_line(e)}") from e
+        raise ConfigError(f"{key_path or 'config'}: cannot call {dotted}: {first_line(e)}") from e
+
+
+def binding_problems(
+    params: Mapping[str, inspect.Parameter],
+    dotted: str,
+    given: Sequence[str],
+    supplied: Sequence[str] = (),
+    *,
+    positional: int = 0,
+) -> list[tuple[str | None, str]]:
+    """Why keyword arguments `given` (a config node's keys) plus `supplied` (what the caller passes
+    itself) do not bind to a signature's `params`: ``(argument or None for the node, message)``.
+
+    The one binder of tunegen: `instantiate` raises the first problem, the pre-flight
+    (`config_check`) reports them all. `positional` arguments fill the first positional parameters.
+    Unknown arguments get a did-you-mean; a missing required argument is one nobody passes.
+    """
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    keywords = [
+        p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    problems: list[tuple[str | None, str]] = []
+    for name in given:
+        param = params.get(name) if isinstance(name, str) else None
+        if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            if not takes_any:
+                hint = did_you_mean(str(name), [k for k in keywords if not k.startswith("_")])
+                problems.append((name, f"unknown argument of {dotted}{hint}"))
+        elif param.kind is param.POSITIONAL_ONLY:
+            problems.append(
+                (name, f"{dotted} takes {name!r} only by position, so a config cannot set it")
+            )
+    filled = [
+        p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ][:positional]
+    for name, param in params.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is param.empty and name not in (*given, *supplied, *filled):
+            problems.append((None, f"missing required argument {name!r} of {dotted}"))
+    for name in supplied:
+        if name not in params and not takes_any:
+            problems.append(
+                (None, f"{dotted} takes no argument {name!r}, which the recipe passes at run time")
+            )
+    return problems
 
 
 def node_path(node: Any) -> str:

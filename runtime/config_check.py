@@ -6,16 +6,22 @@ them at once. torchtune's ``tune validate`` binds only top-level components and 
 arguments; this check goes through the whole tree:
 
 1. every ``_component_`` (at any depth, also inside lists) imports;
-2. its arguments bind to the callable's signature: unknown keywords (with a did-you-mean) and missing
-   required arguments, except those the recipe passes at run time (`RECIPE_SUPPLIED_ARGS`);
-3. values match simple type annotations (int, float, str, bool, None, Literal, list/tuple, Path,
-   unions);
+2. its arguments bind to the callable's signature (`config.binding_problems`, the binder
+   `instantiate` uses): unknown keywords (with a did-you-mean) and missing required arguments,
+   except those the recipe passes at run time;
+3. a config key that holds a spec value (`CONFIG_KEYS` of the spec schema) keeps exactly the spec
+   key's rules (type, range, choices), with the spec's wording; other values match simple type
+   annotations of the component that takes them (int, float, str, bool, None, Literal,
+   list/tuple, Path, unions);
 4. given the recipe's source, keys that no code reads (directly or through an interpolation), and
    keys the recipe reads but the config lacks;
 5. files named under ``path``/``source``/``*_path``/``*_file``/``*_dir`` keys exist;
 6. ``???`` values are set and interpolations resolve.
 
-Nothing is instantiated; the only imports are the modules that ``_component_`` values name.
+The recipe owns its contract: what it reads (``self.cfg.a.b`` chains) and which arguments it
+passes to each component (``instantiate(self.cfg.optimizer, params=...)``) are read from its
+source, so editing the recipe changes what the pre-flight expects. Nothing is instantiated; the
+only imports are the modules that ``_component_`` values name.
 """
 
 from __future__ import annotations
@@ -36,64 +42,29 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tunegen.compiler.schema import CONFIG_KEYS, check_value
+
 from .config import (
     COMPONENT_KEY,
     LocateError,
+    binding_problems,
     child_path,
     did_you_mean,
     expand_home,
     first_line,
     has_key,
+    known_names,
     locate,
 )
+from .errors import Problem
 
 __all__ = [
-    "RECIPE_KEY_TYPES",
-    "RECIPE_SUPPLIED_ARGS",
     "Problem",
     "check_config",
     "format_problems",
     "recipe_reads",
+    "recipe_supplied_args",
 ]
-
-RECIPE_SUPPLIED_ARGS: dict[str, tuple[str, ...]] = {
-    "optimizer": ("params",),
-    "lr_scheduler": ("optimizer", "total_steps"),
-    "dataset": ("tokenizer",),
-    "eval_dataset": ("tokenizer",),
-}
-"""Arguments generated recipes pass to ``instantiate`` at run time, by top-level config section.
-
-The config must not set them (the recipe's value would silently win), and their absence is fine.
-"""
-
-RECIPE_KEY_TYPES: dict[str, Any] = {
-    "training.epochs": int,
-    "training.max_steps": int | None,
-    "training.batch_size": int,
-    "training.grad_accum": int,
-    "training.lr": float,
-    "training.weight_decay": float,
-    "training.warmup_steps": int,
-    "training.clip_grad_norm": float,
-    "training.save_every_n_steps": int | None,
-    "training.resume": bool | str,
-    "training.kd_weight": float,
-    "dataloader.batch_size": int,
-    "dataloader.shuffle": bool,
-    "logging.every_n_steps": int,
-    "environment.device": str,
-    "environment.dtype": str,
-    "environment.seed": int,
-    "lora.rank": int,
-    "lora.alpha": float,
-    "lora.dropout": float,
-    "lora.targets": list[str],
-    "eval.max_samples": int | None,
-    "eval.max_new_tokens": int,
-}
-"""Types of the keys generated recipes read themselves (not through a component's signature), so
-that `training.epochs=abc` is a pre-flight error rather than a crash mid-setup."""
 
 _CREATED_DIR_KEYS = ("output_dir", "log_dir")
 """Directory keys the recipe creates, so they need not exist beforehand."""
@@ -101,36 +72,33 @@ _CREATED_DIR_KEYS = ("output_dir", "log_dir")
 _DICTCONFIG_ATTRS = frozenset(name for name in dir(DictConfig) if not name.startswith("__"))
 """Attribute names that reach a DictConfig method (``cfg.x.items()``), not a config key."""
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem in a config, located by its dotted key path (``model.layers[0].dim``)."""
-
-    key_path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.key_path}: {self.message}" if self.key_path else self.message
+ANY_ARGUMENT = "**"
+"""In supplied arguments: the recipe passes ``**kwargs`` too, so no argument counts as missing."""
 
 
 def check_config(
     cfg: DictConfig,
     *,
     recipe_source: str | None = None,
-    supplied_args: Mapping[str, Sequence[str]] = RECIPE_SUPPLIED_ARGS,
+    recipe_name: str | None = None,
+    supplied_args: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Problem]:
     """Return every problem found in `cfg`, in config order; an empty list means it looks runnable.
 
-    `recipe_source` is the text of the recipe ``.py``: when given, keys no ``cfg.…``/``self.cfg.…``
-    chain reads are reported, and so are keys the recipe reads that the config lacks. `supplied_args`
-    names the arguments the recipe passes itself, by top-level section. Problems in the config never
-    raise; they are all collected.
+    `recipe_source` is the text of the recipe ``.py`` (`recipe_name` names it in messages): when
+    given, keys no ``cfg.…``/``self.cfg.…`` chain reads are reported, and so are keys the recipe
+    reads that the config lacks. `supplied_args` names the arguments the recipe passes itself, by
+    config node path; by default they are read from the recipe's ``instantiate`` calls. Without a
+    recipe they are unknown, so missing arguments are reported only for components nested in
+    other components (those only ``instantiate`` builds). Problems never raise; all are collected.
     """
-    checker = _Checker(supplied_args)
+    checker = _Checker(cfg, supplied_args, recipe_name or "the recipe")
     reads: _Reads | None = None
     if recipe_source is not None:
         try:
             chains = recipe_reads(recipe_source)
+            if supplied_args is None:
+                checker.supplied_args = recipe_supplied_args(recipe_source)
         except SyntaxError as e:
             checker.report("", f"cannot parse the recipe source (line {e.lineno}: {e.msg})")
         else:
@@ -155,12 +123,18 @@ def format_problems(problems: Iterable[Problem], *, source: str | os.PathLike[st
 class _Checker:
     """Walks the config tree once, collecting problems in document order."""
 
-    def __init__(self, supplied_args: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self, cfg: DictConfig, supplied_args: Mapping[str, Sequence[str]] | None, recipe: str
+    ) -> None:
+        self.cfg = cfg
         self.supplied_args = supplied_args
+        self.recipe = recipe
         self.problems: list[Problem] = []
 
     def report(self, key_path: str, message: str) -> None:
-        self.problems.append(Problem(key_path, message))
+        problem = Problem(key_path, message)
+        if problem not in self.problems:  # a value reached through interpolations: once
+            self.problems.append(problem)
 
     def container(
         self, node: DictConfig | ListConfig, path: str, reads: _Reads | None, covered: bool
@@ -179,7 +153,7 @@ class _Checker:
             child_covered = covered or isinstance(node, ListConfig)
             if not child_covered:
                 if child_reads is None:
-                    self.report(key_path, "no code reads this key")
+                    self.report(key_path, self.unread(node, path, key, reads))
                 child_covered = child_reads is None or child_reads.whole
             self.child(node, key, key_path, child_reads, child_covered)
         if reads is not None and isinstance(node, DictConfig):
@@ -189,6 +163,22 @@ class _Checker:
                         child_path(path, name),
                         "the recipe reads this key but the config does not set it",
                     )
+
+    def unread(self, node: DictConfig, path: str, key: str, reads: _Reads | None) -> str:
+        """Why an unread key is a problem, and how to fix it: a did-you-mean for a key some code
+        reads (one the config lacks first), else remove it or read it in the recipe."""
+        read = list(reads.children) if reads is not None else []
+        lacking = [name for name in read if not has_key(node, name)]
+        known = known_names(self.cfg, path, key)
+        hint = did_you_mean(key, lacking, prefix=path, known=known) or did_you_mean(
+            key, read, prefix=path
+        )
+        if hint:
+            return f"no code in {self.recipe} reads this key{hint}"
+        return (
+            f"no code in {self.recipe} reads this key; remove it, or read it in the recipe "
+            f"(self.cfg.{child_path(path, key)})"
+        )
 
     def child(
         self,
@@ -218,26 +208,41 @@ class _Checker:
                 covered = True
             self.container(raw, path, reads, covered)
             value = raw
-            _check_recipe_key_type(self, path, value)
         else:
             value = raw._value()
-            _check_recipe_key_type(self, path, value)
+        _check_spec_rules(self, path, value)
         # An interpolated section is checked where it is defined, not again here.
         if isinstance(key, str) and _is_path_key(key) and not isinstance(value, DictConfig):
             _check_files(self, key, value, path)
 
 
-def _check_recipe_key_type(checker: _Checker, path: str, value: Any) -> None:
-    """A key the recipe reads directly must hold the type the recipe computes with."""
-    expected = RECIPE_KEY_TYPES.get(path)
-    if expected is None:
+def _check_spec_rules(checker: _Checker, path: str, value: Any) -> None:
+    """A key that holds a spec value keeps the spec key's rules, reported with the spec's words
+    at the key that holds the value (`training.batch_size` for `dataloader.batch_size`)."""
+    spec_key = CONFIG_KEYS.get(path)
+    if spec_key is None:
         return
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
-    if not _matches(value, expected):
-        checker.report(
-            path, f"the recipe needs {_describe(expected)} here, got {_describe_value(value)}"
-        )
+    found = check_value(spec_key, value)
+    if found is not None:
+        where, message = found
+        checker.report(_literal_path(checker.cfg, path) + where, message)
+
+
+def _literal_path(cfg: DictConfig, path: str) -> str:
+    """Follow ``${a.b}`` interpolations from `path` to the key that holds the value itself."""
+    for _ in range(10):  # interpolation chains are short; a cycle fails to resolve earlier
+        node = cfg
+        for part in path.split("."):
+            node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None or not node._is_interpolation():
+            return path
+        target = re.fullmatch(r"\$\{([\w-]+(?:\.[\w-]+)*)\}", str(node._value()))
+        if target is None:
+            return path
+        path = target.group(1)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,67 +268,64 @@ def _check_component(checker: _Checker, node: DictConfig, path: str) -> None:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return  # some builtins have no signature to check against
-    callee = _Callee(
-        dotted=dotted,
-        params=params,
-        hints=_type_hints(fn, params),
-        takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params.values()),
-        supplied=tuple(checker.supplied_args.get(path, ())),
-    )
+    supplied, open_ended = _supplied(checker, node, path)
     args = [k for k in node if k != COMPONENT_KEY]
+    for name, message in binding_problems(params, dotted, args, supplied):
+        if not (open_ended and message.startswith("missing required argument")):
+            checker.report(child_path(path, name) if name else path, message)
+    hints = _type_hints(fn, params)
     for name in args:
-        _check_argument(checker, node, path, name, callee)
-    for name, param in params.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name in args:
+        param = params.get(name) if isinstance(name, str) else None
+        if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue  # reported by the binder
+        if param.kind is param.POSITIONAL_ONLY:
             continue
-        if param.default is param.empty and name not in callee.supplied:
-            checker.report(path, f"missing required argument {name!r} of {dotted}")
-    for name in callee.supplied:
-        if name not in params and not callee.takes_kwargs:
+        if name in supplied:
             checker.report(
-                path, f"{dotted} takes no argument {name!r}, which the recipe passes at run time"
+                child_path(path, name),
+                f"the recipe passes this argument of {dotted}; remove it from the config",
             )
+        else:
+            _check_argument_type(checker, node, path, name, dotted, param, hints)
 
 
-@dataclass(frozen=True)
-class _Callee:
-    """What the argument checks need to know about a component's callable."""
+def _supplied(checker: _Checker, node: DictConfig, path: str) -> tuple[tuple[str, ...], bool]:
+    """The arguments the recipe passes to the component at `path` itself, and whether it may
+    pass others too (so that no argument can be called missing).
 
-    dotted: str
-    params: Mapping[str, inspect.Parameter]
-    hints: Mapping[str, Any]
-    takes_kwargs: bool
-    supplied: tuple[str, ...]
-    """The arguments the recipe passes itself (for a top-level section)."""
+    Without a recipe to read this from, a component that is not an argument of another component
+    may be built by some recipe with any arguments; one inside another component is only ever
+    built by `instantiate`, with none.
+    """
+    if checker.supplied_args is None:
+        return (), not _inside_component(node)
+    supplied = tuple(checker.supplied_args.get(path, ()))
+    return tuple(a for a in supplied if a != ANY_ARGUMENT), ANY_ARGUMENT in supplied
 
 
-def _check_argument(
-    checker: _Checker, node: DictConfig, path: str, name: Any, callee: _Callee
+def _inside_component(node: Any) -> bool:
+    parent = node._get_parent()
+    while parent is not None:
+        if isinstance(parent, DictConfig) and has_key(parent, COMPONENT_KEY):
+            return True
+        parent = parent._get_parent()
+    return False
+
+
+def _check_argument_type(
+    checker: _Checker,
+    node: DictConfig,
+    path: str,
+    name: str,
+    dotted: str,
+    param: inspect.Parameter,
+    hints: Mapping[str, Any],
 ) -> None:
-    """Check one configured argument of a component: known, settable, and of the right type."""
+    """A configured argument's value must fit the component's annotation of it."""
     key = child_path(path, name)
-    dotted = callee.dotted
-    param = callee.params.get(name) if isinstance(name, str) else None
-    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-        if not callee.takes_kwargs:
-            keywords = [
-                p.name
-                for p in callee.params.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            ]
-            checker.report(key, f"unknown argument of {dotted}{did_you_mean(str(name), keywords)}")
-        return
-    if param.kind is param.POSITIONAL_ONLY:
-        checker.report(key, f"{dotted} takes {name!r} only by position, so a config cannot set it")
-        return
-    if name in callee.supplied:
-        checker.report(
-            key, f"the recipe passes this argument of {dotted}; remove it from the config"
-        )
-        return
-    annotation = callee.hints.get(name, inspect.Parameter.empty)
-    if annotation is inspect.Parameter.empty:
-        return
+    annotation = hints.get(name, inspect.Parameter.empty)
+    if annotation is inspect.Parameter.empty or key in CONFIG_KEYS:
+        return  # a spec value is held to the spec's rules instead
     try:
         value = node[name]
         if isinstance(value, (DictConfig, ListConfig)):
@@ -583,6 +585,36 @@ def recipe_reads(source: str) -> dict[tuple[str, ...], bool]:
         if key not in inner and key not in alias_ids:
             reads[chain] = True
     return {chain: reads[chain] for chain in sorted(reads) if chain}
+
+
+def recipe_supplied_args(source: str) -> dict[str, tuple[str, ...]]:
+    """The arguments a recipe passes to each component it builds, by config node path.
+
+    ``instantiate(self.cfg.optimizer, params=p)`` -> ``{"optimizer": ("params",)}`` (aliases of
+    config nodes are followed as in `recipe_reads`). ``**kwargs`` or positional arguments after
+    the node add `ANY_ARGUMENT`: the recipe may then pass anything. Raises `SyntaxError`.
+    """
+    tree = ast.parse(source)
+    roots, _ = _aliases(tree)
+    supplied: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and _is_instantiate(node.func) and node.args):
+            continue
+        found = _chain(node.args[0], roots)
+        if found is None or not found[1] or not found[0]:
+            continue
+        names = {keyword.arg or ANY_ARGUMENT for keyword in node.keywords}
+        if len(node.args) > 1 or any(isinstance(a, ast.Starred) for a in node.args):
+            names.add(ANY_ARGUMENT)
+        supplied.setdefault(".".join(found[0]), set()).update(names)
+    return {path: tuple(sorted(names)) for path, names in sorted(supplied.items())}
+
+
+def _is_instantiate(func: ast.expr) -> bool:
+    """``instantiate(...)`` or ``config.instantiate(...)``."""
+    return (isinstance(func, ast.Name) and func.id == "instantiate") or (
+        isinstance(func, ast.Attribute) and func.attr == "instantiate"
+    )
 
 
 def _aliases(tree: ast.AST) -> tuple[dict[str, tuple[str, ...]], list[ast.expr]]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import out_of_bounds
+
 __all__ = ["ForwardKLLoss"]
 
 
@@ -30,8 +32,11 @@ class ForwardKLLoss(nn.Module):
 
     def __init__(self, temperature: float = 1.0, ignore_index: int = -100) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        problem = out_of_bounds(
+            temperature, gt=0
+        )  # the spec's rule and wording, for direct callers
+        if problem is not None:
+            raise ValueError(f"temperature: {problem}")
         self.temperature = temperature
         self.ignore_index = ignore_index
 

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import out_of_bounds
+
 __all__ = ["LOSS_TYPES", "DPOLoss", "DPOOutput", "preference_metrics", "sequence_logps"]
 
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -91,12 +93,16 @@ class DPOLoss(nn.Module):
         self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
+        # The spec's rules and wording (the pre-flight checks them first), for direct callers.
         if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown DPO loss_type {loss_type!r} (choices: {list(LOSS_TYPES)})")
-        if not beta > 0:
-            raise ValueError(f"beta must be positive, got {beta}")
-        if not 0.0 <= label_smoothing <= 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
+            raise ValueError(f"loss_type: {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        for name, value, bounds in (
+            ("beta", beta, {"gt": 0}),
+            ("label_smoothing", label_smoothing, {"ge": 0, "le": 0.5}),
+        ):
+            problem = out_of_bounds(value, **bounds)
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
         if label_smoothing and loss_type != "sigmoid":
             raise ValueError(
                 f"label_smoothing applies to loss_type 'sigmoid' only, not {loss_type!r}"

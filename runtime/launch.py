@@ -33,7 +33,7 @@ def load_recipe_config(argv: Sequence[str], *, recipe_file: str | Path) -> DictC
     config_path, overrides = parse_recipe_args(argv)
     cfg = apply_overrides(load_config(config_path), overrides)
     source = Path(recipe_file).read_text(encoding="utf-8")
-    problems = check_config(cfg, recipe_source=source)
+    problems = check_config(cfg, recipe_source=source, recipe_name=Path(recipe_file).name)
     if problems:
         raise ConfigError(format_problems(problems, source=str(config_path)))
     return cfg

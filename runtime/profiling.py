@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from .errors import out_of_bounds
+
 __all__ = ["Profiler"]
 
 
@@ -29,10 +31,15 @@ class Profiler:
         profile_memory: bool = True,
         with_stack: bool = False,
     ) -> None:
-        if min(wait_steps, warmup_steps) < 0 or active_steps < 1:
-            raise ValueError(
-                "profiler: wait_steps and warmup_steps must be >= 0, active_steps >= 1"
-            )
+        # The spec's rules and wording (the pre-flight checks them first), for direct callers.
+        for name, value, least in (
+            ("wait_steps", wait_steps, 0),
+            ("warmup_steps", warmup_steps, 0),
+            ("active_steps", active_steps, 1),
+        ):
+            problem = out_of_bounds(value, ge=least)
+            if problem is not None:
+                raise ValueError(f"profiler: {name}: {problem}")
         self.output_dir = Path(output_dir)
         activities = [ProfilerActivity.CPU]
         if torch.cuda.is_available():

@@ -16,7 +16,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .errors import ConfigError
+from .errors import ConfigError, out_of_bounds
 
 __all__ = ["constant_with_warmup", "cosine_with_warmup", "linear_with_warmup"]
 
@@ -75,13 +75,14 @@ def _check(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
     for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"scheduler: {name} must be an integer, got {value!r}")
-    if warmup_steps < 0:
-        raise ConfigError(f"scheduler: warmup_steps must be >= 0, got {warmup_steps}")
-    if total_steps < 1:
-        raise ConfigError(f"scheduler: total_steps must be >= 1, got {total_steps}")
+    for name, value, least in (("warmup_steps", warmup_steps, 0), ("total_steps", total_steps, 1)):
+        problem = out_of_bounds(value, ge=least)  # the spec's wording
+        if problem is not None:
+            raise ConfigError(f"scheduler: {name}: {problem}")
     if warmup_steps > total_steps:
         raise ConfigError(
             f"scheduler: warmup_steps ({warmup_steps}) is larger than total_steps ({total_steps})"
         )
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ConfigError(f"scheduler: min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    problem = out_of_bounds(min_lr_ratio, ge=0, le=1)
+    if problem is not None:
+        raise ConfigError(f"scheduler: min_lr_ratio: {problem}")

@@ -84,3 +84,25 @@ def read_metrics(path: Path) -> list[dict]:
 def losses(path: Path) -> dict[int, float]:
     """step -> loss from a metrics file (training steps only)."""
     return {row["step"]: row["loss"] for row in read_metrics(path) if "loss" in row}
+
+
+ABSURD_OPTIMIZER = '''\
+import torch
+
+
+class AbsurdAdamW(torch.optim.AdamW):
+    """AdamW at lr=1e30 whatever the config says: it wrecks the weights at the first step."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=1e30, weight_decay=weight_decay)
+'''
+
+
+def absurd_optimizer() -> str:
+    """Write a user optimizer into the working directory and return the override that uses it.
+
+    Tests of non-finite losses need weights blown up at once; `training.lr=1e30` no longer does
+    that, since the pre-flight holds training.lr to the spec's range (at most 10).
+    """
+    Path("absurd_optimizer.py").write_text(ABSURD_OPTIMIZER, encoding="utf-8")
+    return "optimizer._component_=absurd_optimizer.AbsurdAdamW"

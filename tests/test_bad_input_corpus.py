@@ -271,6 +271,48 @@ CASES: dict[str, Case] = {
     "config_add_an_existing_key": Case(
         "config", {}, _compiled("+training.lr=1e-3"), "already exists; drop the '+'", _good_recipe
     ),
+    "config_override_out_of_range": Case(
+        "config",
+        {},
+        _compiled("training.batch_size=0"),
+        "bad.yaml: training.batch_size: must be at least 1, got 0",
+        _good_recipe,
+    ),
+    "config_override_bad_choice": Case(
+        "config",
+        {},
+        _compiled("environment.dtype=fp16"),
+        "environment.dtype: 'fp16' is not one of fp32, bf16; did you mean 'bf16'?",
+        _good_recipe,
+    ),
+    "config_override_name_from_another_tool": Case(
+        "config",
+        {},
+        _compiled("training.gradient_accumulation_steps=2"),
+        "did you mean 'training.grad_accum'?",
+        _good_recipe,
+    ),
+    "config_added_key_no_code_reads": Case(
+        "config",
+        {},
+        ["validate", "generated/bad.yaml", "+training.foo=1"],
+        "training.foo: no code in bad.py reads this key; remove it, or read it in the recipe "
+        "(self.cfg.training.foo)",
+        _good_recipe,
+    ),
+    "config_sets_an_argument_the_recipe_passes": Case(
+        "config",
+        {},
+        _compiled("+optimizer.params=[]"),
+        "optimizer.params: the recipe passes this argument of torch.optim.AdamW",
+        _good_recipe,
+    ),
+    "spec_name_from_another_tool": Case(
+        "spec",
+        _spec_with("batch_size: 1", "micro_batch_size: 1"),
+        ["new", "-s", "spec.yaml"],
+        "training.micro_batch_size: unknown key; did you mean 'batch_size'?",
+    ),
     # -- data ------------------------------------------------------------------------------------
     "data_malformed_json_line": Case(
         "data",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from helpers import losses, run_recipe, tunegen
+from helpers import absurd_optimizer, losses, run_recipe, tunegen
 from safetensors.torch import load_file
 
 SPEC = """\
@@ -118,7 +118,7 @@ def test_activation_checkpointing_and_profiler(demo_workdir):
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(demo_workdir):
     recipe, _ = make_recipe("full", steps=12, save_every=2, lr=1e-3)
     # An absurd learning rate blows the weights up within a few steps.
-    result = run_recipe(recipe, "training.lr=1e30", expect=2)
+    result = run_recipe(recipe, absurd_optimizer(), expect=2)
     message = result.stderr.strip().splitlines()
     assert len(message) == 1 and "the loss is nan" in message[0], message
     failed_step = int(message[0].split("step ")[1].split(":")[0])

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from combinations import COMBINATIONS, combination_spec
-from helpers import losses, run_recipe, tunegen
+from helpers import absurd_optimizer, losses, run_recipe, tunegen
 
 from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
@@ -78,14 +78,14 @@ def test_a_nonfinite_step_is_skipped_when_the_spec_says_so(demo_workdir: Path) -
     write_spec("skipper", {"method": "full", "training": {"on_nonfinite_loss": "skip"}}, steps=3)
 
     recipe = "generated/skipper.py"
-    # lr=1e30 wrecks the weights at step 1, so the losses after it are not finite: those
+    # lr=1e30 (a user optimizer) wrecks the weights at step 1, so the losses after it are not finite: those
     # updates are skipped and the run ends normally.
-    short = run_recipe(recipe, "training.lr=1e30", "checkpointer.output_dir=runs/short")
+    short = run_recipe(recipe, absurd_optimizer(), "checkpointer.output_dir=runs/short")
     assert "step 3: loss nan, update skipped" in short.stdout
     # A loss that stays non-finite is a diverged run: after 10 skipped steps in a row it stops.
     long = run_recipe(
         recipe,
-        "training.lr=1e30",
+        absurd_optimizer(),
         "training.max_steps=30",
         "checkpointer.output_dir=runs/long",
         expect=2,

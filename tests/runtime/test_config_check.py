@@ -12,11 +12,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from tunegen.runtime.config_check import (
-    RECIPE_SUPPLIED_ARGS,
     Problem,
     check_config,
     format_problems,
     recipe_reads,
+    recipe_supplied_args,
 )
 
 # A user component module with string annotations (`from __future__ import annotations`), so the
@@ -83,6 +83,14 @@ def components(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     sys.modules.pop(name, None)
 
 
+def _unread(key_path: str) -> str:
+    """The message for a key no code reads (no key the recipe reads is close to it)."""
+    return (
+        f"{key_path}: no code in the recipe reads this key; remove it, or read it in the recipe "
+        f"(self.cfg.{key_path})"
+    )
+
+
 def _problems(data: dict, **kwargs) -> list[str]:
     return [str(p) for p in check_config(OmegaConf.create(data), **kwargs)]
 
@@ -122,7 +130,7 @@ def test_all_problems_reported_in_one_call(components: str, tmp_path: Path) -> N
     )
     problems = check_config(cfg, recipe_source=RECIPE)
     assert [str(p) for p in problems] == [
-        "training.lr_warmpu: no code reads this key",
+        _unread("training.lr_warmpu"),
         (
             "model.modules[0].out_featurs: unknown argument of torch.nn.Linear; "
             "did you mean 'out_features'?"
@@ -131,7 +139,9 @@ def test_all_problems_reported_in_one_call(components: str, tmp_path: Path) -> N
         "optimizer.lrr: unknown argument of torch.optim.AdamW; did you mean 'lr'?",
         "dataset.source: file 'data/train.jsonl' not found",
     ]
-    assert problems[0] == Problem("training.lr_warmpu", "no code reads this key")
+    assert problems[0] == Problem(
+        "training.lr_warmpu", _unread("training.lr_warmpu").split(": ", 1)[1]
+    )
 
     # Fixing all of them leaves nothing to report.
     (tmp_path / "data").mkdir()
@@ -145,12 +155,12 @@ def test_all_problems_reported_in_one_call(components: str, tmp_path: Path) -> N
 def test_format_problems_prefixes_the_config_file() -> None:
     problems = [
         Problem("optimizer.lrr", "unknown argument of torch.optim.AdamW; did you mean 'lr'?"),
-        Problem("training.x", "no code reads this key"),
+        Problem("training.x", "no code in lora.py reads this key"),
     ]
     assert format_problems(problems, source="generated/lora.yaml") == (
         "generated/lora.yaml: optimizer.lrr: unknown argument of torch.optim.AdamW; "
         "did you mean 'lr'?\n"
-        "generated/lora.yaml: training.x: no code reads this key"
+        "generated/lora.yaml: training.x: no code in lora.py reads this key"
     )
     assert format_problems([], source="x.yaml") == ""
 
@@ -176,35 +186,71 @@ def test_unresolvable_components_are_each_listed() -> None:
     ]
 
 
+SUPPLYING_RECIPE = """
+def setup(self):
+    self.optimizer = instantiate(self.cfg.optimizer, params=self.model.parameters())
+    sched = self.cfg.lr_scheduler
+    self.lr_scheduler = instantiate(sched, optimizer=self.optimizer, total_steps=10)
+    self.dataset = instantiate(self.cfg.dataset, tokenizer=self.tokenizer)
+    self.loss = instantiate(self.cfg.loss, **self.loss_args)
+    self.model = instantiate(self.cfg.model)
+"""
+
+
+def test_supplied_args_come_from_the_recipes_instantiate_calls() -> None:
+    assert recipe_supplied_args(SUPPLYING_RECIPE) == {
+        "dataset": ("tokenizer",),
+        "loss": ("**",),
+        "lr_scheduler": ("optimizer", "total_steps"),
+        "model": (),
+        "optimizer": ("params",),
+    }
+
+
 def test_supplied_args_are_not_missing_but_others_are() -> None:
     data = {
         "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1},
         "lr_scheduler": {"_component_": "torch.optim.lr_scheduler.LambdaLR"},
     }
-    assert _problems(data) == [
+    assert _problems(data, supplied_args=recipe_supplied_args(SUPPLYING_RECIPE)) == [
         "lr_scheduler: missing required argument 'lr_lambda' of torch.optim.lr_scheduler.LambdaLR",
         (
             "lr_scheduler: torch.optim.lr_scheduler.LambdaLR takes no argument 'total_steps', "
             "which the recipe passes at run time"
         ),
     ]
-    # Without the recipe's supplied arguments, `params` and `optimizer` are missing too.
+    # A recipe that builds the optimizer without `params` leaves it missing.
     assert "optimizer: missing required argument 'params' of torch.optim.SGD" in _problems(
         data, supplied_args={}
     )
 
 
-def test_supplied_args_apply_only_to_the_top_level_section(components: str) -> None:
+def test_without_a_recipe_only_nested_components_miss_arguments(components: str) -> None:
+    """Without a recipe nobody knows what it passes to the components it builds; a component
+    inside another one is built by `instantiate` alone, so its missing arguments are certain."""
     dataset = {"_component_": f"{components}.build_dataset", "source": "."}
-    assert _problems({"dataset": dataset}) == []
-    assert _problems({"eval": {"dataset": dataset}}) == [
+    assert _problems({"dataset": dataset, "eval": {"dataset": dataset}}) == []
+    nested = {"_component_": f"{components}.loose", "x": 1, "inner": dataset}
+    assert _problems({"model": nested}) == [
+        f"model.inner: missing required argument 'tokenizer' of {components}.build_dataset"
+    ]
+
+
+def test_supplied_args_follow_the_node_path(components: str) -> None:
+    dataset = {"_component_": f"{components}.build_dataset", "source": "."}
+    source = (
+        "def f(self):\n"
+        "    instantiate(self.cfg.dataset, tokenizer=t)\n"
+        "    instantiate(self.cfg.eval.dataset)\n"
+    )
+    assert _problems({"dataset": dataset, "eval": {"dataset": dataset}}, recipe_source=source) == [
         f"eval.dataset: missing required argument 'tokenizer' of {components}.build_dataset"
     ]
 
 
 def test_config_setting_a_supplied_arg_is_reported() -> None:
     data = {"optimizer": {"_component_": "torch.optim.SGD", "params": [], "lr": 0.1}}
-    assert _problems(data) == [
+    assert _problems(data, supplied_args={"optimizer": ("params",)}) == [
         (
             "optimizer.params: the recipe passes this argument of torch.optim.SGD; "
             "remove it from the config"
@@ -212,13 +258,17 @@ def test_config_setting_a_supplied_arg_is_reported() -> None:
     ]
 
 
-def test_recipe_supplied_args_contract() -> None:
-    assert RECIPE_SUPPLIED_ARGS == {
-        "optimizer": ("params",),
-        "lr_scheduler": ("optimizer", "total_steps"),
-        "dataset": ("tokenizer",),
-        "eval_dataset": ("tokenizer",),
-    }
+def test_a_hand_edited_recipe_changes_its_own_contract() -> None:
+    """A user who passes a new argument in the recipe no longer sets it in the config, and one
+    who builds a component without an argument must set it there: no runtime table to edit."""
+    data = {"optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1, "params": []}}
+    edited = "def f(self):\n    instantiate(self.cfg.optimizer, momentum=0.9)\n"
+    assert _problems(data, recipe_source=edited) == []
+    data["optimizer"]["momentum"] = 0.5
+    assert _problems(data, recipe_source=edited) == [
+        "optimizer.momentum: the recipe passes this argument of torch.optim.SGD; "
+        "remove it from the config"
+    ]
 
 
 def test_var_keyword_accepts_any_argument(components: str) -> None:
@@ -312,9 +362,9 @@ def test_type_mismatches_are_reported(components: str, args: dict, expected: str
 
 
 def test_torch_annotations_are_checked() -> None:
-    data = {"optimizer": {"_component_": "torch.optim.AdamW", "lr": "fast", "betas": [0.9, 0.95]}}
+    data = {"optimizer": {"_component_": "torch.optim.AdamW", "eps": "tiny", "betas": [0.9, 0.95]}}
     assert _problems(data) == [
-        "optimizer.lr: torch.optim.AdamW expects float | Tensor here, got str 'fast'"
+        "optimizer.eps: torch.optim.AdamW expects float here, got str 'tiny'"
     ]
 
 
@@ -379,10 +429,10 @@ class R:
         "eval": {"every": 5, "batches": 2},
     }
     assert _problems(data, recipe_source=source) == [
-        "training.lr_warmup: no code reads this key",
-        "training.extra: no code reads this key",
-        "run.name: no code reads this key",
-        "eval: no code reads this key",
+        _unread("training.lr_warmup"),
+        _unread("training.extra"),
+        _unread("run.name"),
+        _unread("eval"),
     ]
 
 
@@ -491,9 +541,9 @@ def test_keys_used_through_interpolations_are_read() -> None:
         "eval": {"steps": "${.every}", "every": 5, "other": 1, "nested": {"x": "${..steps}"}},
     }
     assert _problems(data, recipe_source=source) == [
-        "base.unused: no code reads this key",
-        "training.warmup: no code reads this key",
-        "eval.other: no code reads this key",
+        _unread("base.unused"),
+        _unread("training.warmup"),
+        _unread("eval.other"),
     ]
 
 
@@ -542,6 +592,58 @@ class R:
         "data": {"path": ".", "x": 1},
     }
     assert _problems(cfg, recipe_source=source) == [
-        "training.max_stepz: no code reads this key",
+        "training.max_stepz: no code in the recipe reads this key; did you mean "
+        "'training.max_steps'?",
         "training.max_steps: the recipe reads this key but the config does not set it",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# All problems at once: a misspelt key and the interpolations that miss it
+
+
+def test_a_misspelt_key_is_reported_with_the_interpolation_that_misses_it() -> None:
+    source = "def f(self):\n    return self.cfg.dataloader.batch_size, self.cfg.training.lr\n"
+    data = {
+        "dataloader": {"batch_size": "${training.batch_size}"},
+        "training": {"lr": 0.1, "batch_sizex": 4},
+    }
+    assert _problems(data, recipe_source=source, recipe_name="lora.py") == [
+        "dataloader.batch_size: cannot resolve '${training.batch_size}' "
+        "(Interpolation key 'training.batch_size' not found)",
+        "training.batch_sizex: no code in lora.py reads this key; "
+        "did you mean 'training.batch_size'?",
+    ]
+
+
+def test_names_from_other_tools_in_configs() -> None:
+    source = "def f(self):\n    return self.cfg.training.lr, self.cfg.training.grad_accum\n"
+    data = {
+        "training": {
+            "lr": 0.1,
+            "grad_accum": 1,
+            "learning_rate": 0.2,
+            "gradient_accumulation_steps": 2,
+        }
+    }
+    assert _problems(data, recipe_source=source) == [
+        "training.learning_rate: no code in the recipe reads this key; did you mean 'training.lr'?",
+        "training.gradient_accumulation_steps: no code in the recipe reads this key; "
+        "did you mean 'training.grad_accum'?",
+    ]
+
+
+def test_spec_rules_apply_to_config_keys_at_the_key_holding_the_value() -> None:
+    data = {
+        "dataloader": {"batch_size": "${training.batch_size}", "shuffle": "yes"},
+        "training": {"batch_size": 0, "lr": "${training.peak}", "peak": -1.0},
+        "environment": {"device": "gpu", "dtype": "fp16", "seed": 0},
+    }
+    # Each once, where the value is written (reached first through dataloader.batch_size).
+    assert _problems(data) == [
+        "training.batch_size: must be at least 1, got 0",
+        "dataloader.shuffle: expected true or false, got a string ('yes')",
+        "training.peak: must be greater than 0, got -1.0",
+        "environment.device: 'gpu' is not auto, cpu, cuda, cuda:N or mps",
+        "environment.dtype: 'fp16' is not one of fp32, bf16; did you mean 'bf16'?",
     ]

@@ -193,10 +193,10 @@ def test_preference_metrics_over_a_window() -> None:
     [
         (
             {"loss_type": "hinge"},
-            r"unknown DPO loss_type 'hinge' \(choices: \['sigmoid', 'ipo'\]\)",
+            "loss_type: 'hinge' is not one of sigmoid, ipo",
         ),
-        ({"beta": 0.0}, "beta must be positive, got 0.0"),
-        ({"label_smoothing": 0.6}, r"label_smoothing must be in \[0, 0.5\], got 0.6"),
+        ({"beta": 0.0}, "beta: must be greater than 0, got 0.0"),
+        ({"label_smoothing": 0.6}, "label_smoothing: must be at most 0.5, got 0.6"),
         ({"loss_type": "ipo", "label_smoothing": 0.1}, "label_smoothing applies to loss_type"),
     ],
 )

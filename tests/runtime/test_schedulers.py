@@ -84,13 +84,16 @@ def test_schedules_are_interchangeable() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"warmup_steps": -1, "total_steps": 10}, "warmup_steps must be >= 0, got -1"),
-        ({"warmup_steps": 0, "total_steps": 0}, "total_steps must be >= 1, got 0"),
+        ({"warmup_steps": -1, "total_steps": 10}, "warmup_steps: must be at least 0, got -1"),
+        ({"warmup_steps": 0, "total_steps": 0}, "total_steps: must be at least 1, got 0"),
         (
             {"warmup_steps": 20, "total_steps": 10},
             r"warmup_steps \(20\) is larger than total_steps",
         ),
-        ({"warmup_steps": 1, "total_steps": 10, "min_lr_ratio": 1.5}, "min_lr_ratio must be in"),
+        (
+            {"warmup_steps": 1, "total_steps": 10, "min_lr_ratio": 1.5},
+            "min_lr_ratio: must be at most 1, got 1.5",
+        ),
         ({"warmup_steps": 1.0, "total_steps": 10}, "warmup_steps must be an integer"),
     ],
 )
