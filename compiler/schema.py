@@ -85,6 +85,13 @@ class DataSpec:
         False, "also compute the loss on prompts and user turns (instruct and chat data)"
     )
     shuffle: bool = option(True, "shuffle the samples every epoch (the order depends only on seed)")
+    max_dropped_fraction: float = option(
+        0.01,
+        "share of records that may train nothing and be dropped (no assistant turn, no loss "
+        "token within max_seq_len); more is an error",
+        ge=0,
+        le=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,9 @@ class TrainingSpec:
 class CheckpointSpec:
     """Where and when checkpoints are written."""
 
-    output_dir: str | None = option(None, "run directory (null: runs/<name>)")
+    output_dir: str | None = option(
+        None, "run directory, relative to the spec (null: runs/<name> in the working directory)"
+    )
     save_every_n_steps: int | None = option(
         None, "also save every N optimizer steps (null: only at the end)", ge=1
     )

@@ -217,7 +217,9 @@ def test_records_without_any_loss_token_are_dropped(
 ) -> None:
     # Record 0's prompt is 10 ids (BOS included) and record 1's is 7: at 10, only record 1 keeps
     # a target.
-    ds = InstructDataset(tok, source=two_records, template="plain", max_seq_len=10)
+    ds = InstructDataset(
+        tok, source=two_records, template="plain", max_seq_len=10, max_dropped_fraction=0.5
+    )
     assert (len(ds), ds.num_dropped) == (1, 1)
     assert ds[0]["labels"] == [IGNORE_INDEX] * 7 + tok.encode("sun", add_bos=False)
     with pytest.raises(DataError, match="all 2 records are longer than max_seq_len=7"):
@@ -270,7 +272,9 @@ def test_text_dataset(tok: SentencePieceTokenizer, tmp_path: Path) -> None:
         "labels": tok.encode("the cat sat")[:3],
     }
     assert ds[1] == {"tokens": [tok.bos_id, tok.eos_id], "labels": [tok.bos_id, tok.eos_id]}
-    with pytest.raises(DataError, match=error(path, ":1: missing field 'text'")):
+    # Every bad record is reported, one per line, not only the first.
+    both = f"{path}:1: missing field 'text'\n{path}:2: missing field 'text'"
+    with pytest.raises(DataError, match=f"^{re.escape(both)}$"):
         TextDataset(tok, source=path, max_seq_len=8)
 
 
