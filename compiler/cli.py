@@ -145,16 +145,15 @@ def validate(
 ) -> None:
     """Check a spec or a config, and its data, without loading weights; list every problem.
 
-    Overrides are applied to a config first, as `tunegen run` would.
+    Overrides are applied to the config first (a spec's: the one it compiles to), as `tunegen
+    run` would apply them.
     """
     from tunegen.compiler.preflight import check_config_file, check_spec_file
 
     _debug(debug)
     overrides = _overrides("validate", overrides)
     if _is_spec(path):
-        if overrides:
-            raise TunegenError("overrides apply to generated configs, not to specs")
-        summary = check_spec_file(path)
+        summary = check_spec_file(path, overrides)
     else:
         summary = check_config_file(path, overrides, recipe=recipe)
     typer.echo(summary)
@@ -245,7 +244,8 @@ def data(
     stats = data_cmd.stats_of(view)
     if export is not None:
         count = data_cmd.export_jsonl(view.dataset, export, force=force)
-        typer.echo(f"wrote {count:,} samples to {export}", err=as_json)
+        samples = "sample" if count == 1 else "samples"
+        typer.echo(f"wrote {count:,} {samples} to {export}", err=as_json)
     if as_json:
         typer.echo(json.dumps(stats.to_dict()))
         return

@@ -318,5 +318,5 @@ def export_jsonl(dataset: Dataset, path: Path, *, force: bool = False) -> int:
     if path.suffix != ".jsonl":
         raise TunegenError(f"--export {path}: the file name must end in .jsonl")
     rows = list(export_rows(dataset))
-    write_outputs({path: "\n".join(rows) + "\n"}, force=force)
+    write_outputs({path: "\n".join(rows) + "\n"}, force=force, editable=False)
     return len(rows)

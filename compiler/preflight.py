@@ -88,10 +88,11 @@ def _looks_like(data: Any) -> str:
     return f"the file has keys {keys}{more}, none of a spec's nor a component section"
 
 
-def check_spec_file(path: Path) -> str:
-    """Validate the spec at `path`, the config it compiles to and its data; return a summary."""
+def check_spec_file(path: Path, overrides: Sequence[str] = ()) -> str:
+    """Validate the spec at `path`, the config it compiles to (with `overrides` applied, as
+    `tunegen run` would apply them) and its data; return a one-line summary."""
     compiled = compile_spec(path)
-    cfg = compiled_config(compiled)
+    cfg = apply_overrides(compiled_config(compiled), overrides)
     problems = check_config(cfg, recipe_source=compiled.rendered.recipe)
     if problems:  # the compiler produced a config its own recipe rejects: a tunegen bug
         raise TunegenError(format_problems(problems, source=f"{path} (compiled config)"))

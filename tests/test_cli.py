@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import tunegen
 
@@ -47,6 +50,7 @@ def test_invalid_spec_exits_2_with_one_line_and_writes_nothing(demo_workdir):
     assert not Path("generated").exists()
 
 
+@pytest.mark.slow
 def test_run_applies_overrides_and_trains(demo_workdir):
     Path("spec.yaml").write_text(SPEC)
     assert tunegen("new", "--spec", "spec.yaml").returncode == 0
@@ -130,6 +134,7 @@ class ScaledLoss(CrossEntropyLoss):
 '''
 
 
+@pytest.mark.slow
 def test_text_data_and_a_user_component_from_the_working_directory(workdir):
     Path("data").mkdir()
     rows = [
@@ -176,3 +181,110 @@ def test_interpolated_training_keys_are_type_checked(demo_workdir):
         "validate", "generated/cli_recipe.yaml", "training.lr=1e-4", "training.batch_size=8"
     )
     assert ok.returncode == 0, ok.stderr
+
+
+# -- paths: relative to the spec, then to the config, whatever the working directory -------------
+
+PROJECT_SPEC = """\
+name: moved
+method: full
+model: tiny
+data: {path: ../data/train.jsonl, template: plain, max_seq_len: 64}
+training: {max_steps: 1, batch_size: 2}
+checkpoint: {output_dir: ../runs/moved}
+"""
+
+
+def _project(root: Path) -> Path:
+    """root/specs/moved.yaml naming root/data/train.jsonl and root/runs/moved, relative to it."""
+    (root / "specs").mkdir(parents=True)
+    (root / "data").mkdir()
+    rows = [f'{{"instruction": "say {i}", "output": "ok"}}' for i in range(4)]
+    (root / "data/train.jsonl").write_text("\n".join(rows) + "\n")
+    (root / "specs/moved.yaml").write_text(PROJECT_SPEC)
+    return root / "specs/moved.yaml"
+
+
+def test_spec_paths_are_relative_to_the_spec_and_config_paths_to_the_config(workdir):
+    spec = _project(workdir / "project")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    made = tunegen("new", "--spec", str(spec), "-o", "generated", cwd=workdir / "project")
+    assert made.returncode == 0, made.stderr
+    config = yaml.safe_load((workdir / "project/generated/moved.yaml").read_text())
+    assert config["dataset"]["source"] == "../data/train.jsonl"
+    assert config["checkpointer"]["output_dir"] == "../runs/moved"
+    # Compiled from another directory, the spec's paths still mean the same files (outside the
+    # working directory, the config holds them absolute).
+    again = tunegen("new", "--spec", str(spec), "-o", str(workdir / "gen2"), cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    config = yaml.safe_load((workdir / "gen2/moved.yaml").read_text())
+    assert config["dataset"]["source"] == (workdir / "project/data/train.jsonl").as_posix()
+    assert config["checkpointer"]["output_dir"] == (workdir / "project/runs/moved").as_posix()
+    # The config is valid from any working directory.
+    for cwd in (elsewhere, workdir / "project/generated", workdir):
+        ok = tunegen("validate", str(workdir / "project/generated/moved.yaml"), cwd=cwd)
+        assert ok.returncode == 0, (cwd, ok.stderr)
+        assert "data: 4 samples" in ok.stdout
+
+
+@pytest.mark.slow
+def test_a_generated_recipe_runs_from_another_directory(workdir):
+    spec = _project(workdir / "project")
+    assert tunegen("new", "--spec", str(spec), cwd=workdir / "project").returncode == 0
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    ran = tunegen("run", "../project/generated/moved.py", cwd=elsewhere)
+    assert ran.returncode == 0, ran.stderr
+    assert (workdir / "project/runs/moved/step_000001/model.safetensors").is_file()
+    # `python recipe.py --config`: the config's paths hold; an override's path is the shell's.
+    recipe = workdir / "project/generated/moved.py"
+    alone = subprocess.run(
+        [
+            sys.executable,
+            str(recipe),
+            "--config",
+            str(recipe.with_suffix(".yaml")),
+            "checkpointer.output_dir=out",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert alone.returncode == 0, alone.stderr
+    assert (elsewhere / "out/step_000001/model.safetensors").is_file()
+    assert not (workdir / "project/generated/out").exists()
+
+
+# -- the command line itself ----------------------------------------------------------------------
+
+
+def test_help_shows_flags_and_metavars_as_users_expect():
+    new = tunegen("new", "--help").stdout
+    assert re.search(r"^  --force +Overwrite", new, re.MULTILINE), new
+    assert "-s, --spec FILE" in new and "<bool>" not in new and "<str>" not in new
+    run = tunegen("run", "--help").stdout
+    assert "-c, --config PATH" in run and "[KEY=VALUE]..." in run
+    for example in ("key.sub=value", "+key.sub=value", "~key.sub", "tunegen run generated/"):
+        assert example in run, run
+
+
+def test_debug_is_accepted_before_and_after_every_command(workdir):
+    Path("empty.yaml").write_text("")
+    for argv in (["--debug", "validate", "empty.yaml"], ["validate", "empty.yaml", "--debug"]):
+        result = tunegen(*argv)
+        assert "Traceback" in result.stderr and "the file is empty" in result.stderr, argv
+    for command in ("new", "validate", "run", "data", "ls", "cp"):
+        assert "--debug" in tunegen(command, "--help").stdout, command
+    assert tunegen("ls", "--debug").returncode == 0
+
+
+def test_usage_errors_are_one_line_naming_the_command_typed(workdir):
+    bad = tunegen("run", "generated/x.py", "training.lr=1", "--lr")
+    assert bad.returncode == 2
+    assert bad.stderr == ("error: tunegen run: no such option '--lr' (see tunegen run --help)\n")
+    typo = tunegen("new", "--spce", "x.yaml")
+    assert typo.returncode == 2 and typo.stderr.startswith("error: tunegen new: No such option")
+    assert typo.stderr.count("\n") == 1

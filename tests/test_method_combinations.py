@@ -21,6 +21,9 @@ from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 INSTRUCT = {"path": "data/demo_train.jsonl", "max_seq_len": 64}
 PREFERENCE = {"path": "data/demo_preference.jsonl", "format": "preference", "max_seq_len": 64}
 TEACHER = {"teacher": "teacher", "temperature": 2.0}

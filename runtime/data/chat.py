@@ -70,7 +70,7 @@ def read_conversations(
         try:
             conversations.append((line, _messages(record, name, line)))
         except DataError as e:
-            errors.add(e)
+            errors.add(line, e)
     if own:
         errors.raise_if_any()
     return conversations
@@ -83,7 +83,7 @@ def read_chat_examples(source: str | Path) -> list[tuple[list[Message], str]]:
     examples = []
     for line, messages in read_conversations(source, errors=errors):
         if not _has_reply(messages):
-            errors.add(DataError(f"{name}:{line}: {_NO_REPLY}"))
+            errors.add(line, DataError(f"{name}:{line}: {_NO_REPLY}"))
             continue
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         examples.append((messages[:last], messages[last]["content"]))
@@ -137,7 +137,7 @@ class ChatDataset(TokenizedExamples):
             try:
                 segments = chat_segments(messages, template, **template_args)
             except DataError as e:
-                self.errors.add(DataError(f"{name}:{line}: {e}"))
+                self.errors.add(line, DataError(f"{name}:{line}: {e}"))
                 continue
             if train_on_input:
                 segments = [Segment(s.text, True) for s in segments]

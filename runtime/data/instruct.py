@@ -45,7 +45,7 @@ def _formatted(
         try:
             require_fields(record, _REQUIRED, path=source, line=line, optional=_OPTIONAL)
         except DataError as e:
-            errors.add(e)
+            errors.add(line, e)
             continue
         formatted.append((line, *fmt.format(record)))
     return formatted

@@ -48,18 +48,20 @@ class RecordErrors:
     """
 
     def __init__(self) -> None:
-        self.messages: list[str] = []
+        self.found: list[tuple[int, str]] = []
 
-    def add(self, error: DataError) -> None:
-        """Record a located problem (`DataError("path:line: reason")`)."""
-        self.messages.append(str(error))
+    def add(self, line: int, error: DataError) -> None:
+        """Record the problem of the record at `line` (`DataError("path:line: reason")`)."""
+        self.found.append((line, str(error)))
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self.found)
 
     def raise_if_any(self) -> None:
-        if self.messages:
-            raise DataError(located_list(self.messages))
+        """One `DataError` listing every problem in file order (found in several passes)."""
+        if self.found:
+            ordered = sorted(self.found, key=lambda found: found[0])
+            raise DataError(located_list([message for _, message in ordered]))
 
 
 class NumberedRecord(NamedTuple):
@@ -118,7 +120,7 @@ def _parse_jsonl(text: str, name: str, errors: RecordErrors) -> list[NumberedRec
         try:
             records.append(_as_record(_json_line(line, name, line_no), name, line_no))
         except DataError as e:
-            errors.add(e)
+            errors.add(line_no, e)
     return records
 
 
@@ -152,10 +154,11 @@ def _parse_json_list(text: str, name: str, errors: RecordErrors) -> list[Numbere
         except json.JSONDecodeError as e:
             raise fail(f"not valid JSON ({e.msg})", e.pos) from e
         first = False
+        line = _line_at(text, pos)
         try:
-            records.append(_as_record(value, name, _line_at(text, pos)))
+            records.append(_as_record(value, name, line))
         except DataError as e:  # a value that is not an object; the list itself goes on
-            errors.add(e)
+            errors.add(line, e)
         pos = _skip_space(text, end)
     if text[pos + 1 :].strip():
         raise fail("not valid JSON (Extra data)", _skip_space(text, pos + 1))

@@ -93,12 +93,12 @@ class PreferenceDataset(TruncatedRecords):
             try:
                 prompt, chosen, rejected = _parse(record, name, line)
             except DataError as e:
-                self.errors.add(e)
+                self.errors.add(line, e)
                 continue
             try:
                 pair = encode(prompt, chosen, rejected)
             except DataError as e:
-                self.errors.add(DataError(f"{name}:{line}: {e}"))
+                self.errors.add(line, DataError(f"{name}:{line}: {e}"))
                 continue
             self._add(*pair, line=line)
         self.finish(name, "their responses start")

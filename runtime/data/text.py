@@ -32,7 +32,7 @@ class TextDataset(TokenizedExamples):
             try:
                 require_fields(record, [column], path=source, line=line)
             except DataError as e:
-                self.errors.add(e)
+                self.errors.add(line, e)
                 continue
             tokens = tokenizer.encode(record[column])
             self.add(tokens, list(tokens), line=line)

@@ -541,6 +541,51 @@ def test_bad_records_name_their_line(
         ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
 
 
+def test_every_bad_record_is_reported_in_file_order(
+    tmp_path: Path, toks: dict[str, HFTokenizer]
+) -> None:
+    path = tmp_path / "d.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        json.dumps({"messages": [{"content": "hi"}]}),  # a message without a role
+        "{oops",
+        json.dumps(GOOD),
+        json.dumps({"messages": "hi"}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    expected = "\n".join(
+        [
+            f"{path}:2: message 1 has no 'role'",
+            f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes)",
+            f"{path}:5: field 'messages' must be an array, got string",
+        ]
+    )
+    with pytest.raises(DataError, match=f"^{re.escape(expected)}$"):
+        ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
+
+
+def test_a_conversation_without_a_reply_is_dropped_and_counted(
+    tmp_path: Path, toks: dict[str, HFTokenizer]
+) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, {"messages": CONVERSATION[:2]}, GOOD])
+    ds = ChatDataset(
+        toks["chatml"], source=path, template="chatml", max_seq_len=512, max_dropped_fraction=0.5
+    )
+    assert (len(ds), ds.lines) == (2, [1, 3])
+    assert ds.dropped == [(2, "the conversation has no assistant message, so nothing to learn")]
+    # Above the limit (the default 1%), the error lists the dropped records.
+    with pytest.raises(DataError, match=r"1 of 3 records \(33\.3%\) train nothing") as raised:
+        ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
+    assert str(raised.value).endswith(
+        f"\n{path}:2: the conversation has no assistant message, so nothing to learn"
+    )
+    # With train_on_input the user turns carry loss, so nothing is dropped.
+    ds = ChatDataset(
+        toks["chatml"], source=path, template="chatml", max_seq_len=512, train_on_input=True
+    )
+    assert (len(ds), ds.num_dropped) == (3, 0)
+
+
 def test_mistral_takes_a_system_message_only_first(
     tmp_path: Path, toks: dict[str, HFTokenizer]
 ) -> None:

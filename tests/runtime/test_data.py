@@ -261,6 +261,31 @@ def test_read_instruct_examples(two_records: Path) -> None:
     ]
 
 
+def test_every_bad_line_is_listed_up_to_20_then_counted(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n' + "{oops\n" * 23 + "[1]\n" * 2, encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_numbered_records(path)
+    lines = str(raised.value).split("\n")
+    assert len(lines) == 21 and lines[-1] == "... and 5 more"
+    assert (
+        lines[0] == f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
+    assert (
+        lines[19]
+        == f"{path}:21: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
+    # A .json list goes on past an item that is not an object.
+    listed = tmp_path / "d.json"
+    listed.write_text('[1,\n {"a": 1},\n "x"]', encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_numbered_records(listed)
+    assert str(raised.value) == (
+        f"{listed}:1: a record must be a JSON object, got number\n"
+        f"{listed}:3: a record must be a JSON object, got string"
+    )
+
+
 # -- text data set -----------------------------------------------------------------------------
 
 
