@@ -331,6 +331,7 @@ def main() -> None:
     Usage errors (unknown command or option, missing argument) too: one line naming the command
     typed (`error: tunegen new: No such option: --frc Did you mean --force?`), exit status 2.
     """
+    _state["debug"] = False  # set again by --debug; main() may run more than once in a process
     try:
         status = typer.main.get_command(app).main(prog_name=PROG, standalone_mode=False)
     except _USAGE_ERROR as exc:  # an unknown command or option, a missing or bad argument
