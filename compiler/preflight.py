@@ -41,6 +41,11 @@ _FOREIGN = (
 def file_kind(path: Path) -> Literal["spec", "config"]:
     """Whether `path` holds a spec or a generated config; a `TunegenError` saying what the file
     looks like when it is neither (empty, a list, another tool's config, unrelated keys)."""
+    if path.suffix == ".py":
+        config = path.with_suffix(".yaml")
+        raise TunegenError(
+            f"{path}: this is a recipe; pass its config (e.g. {config}); {_EXPECTED}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -285,6 +285,13 @@ CASES: dict[str, Case] = {
         ["validate", "x.yaml"],
         "looks like an axolotl config (base_model, datasets); expected a tunegen spec",
     ),
+    "validate_a_recipe_file": Case(
+        "config",
+        {},
+        ["validate", "generated/bad.py"],
+        "generated/bad.py: this is a recipe; pass its config (e.g. generated/bad.yaml)",
+        _good_recipe,
+    ),
     "data_of_an_axolotl_config": Case(
         "spec", {"x.yaml": AXOLOTL}, ["data", "x.yaml"], "looks like an axolotl config"
     ),
