@@ -541,13 +541,15 @@ def _config_path(path: Path, config_dir: Path) -> str:
     """A path as the config holds it: relative to the config file's folder `config_dir`, which is
     what `load_config` resolves it against, so the config works from any working directory.
 
-    A path outside the working directory (a shared dataset, an installed package's data) stays
-    absolute: a long climb of `..` to it would break as soon as the project moves.
+    A path outside the working directory (a shared dataset, an installed package's data), or any
+    path when the config itself is written outside it, stays absolute: a long climb of `..` would
+    break as soon as the project moves.
     """
-    path, cwd = Path(os.path.abspath(path)), Path.cwd()
-    if not path.is_relative_to(cwd):
+    cwd = Path.cwd()
+    path, config_dir = Path(os.path.abspath(path)), Path(os.path.abspath(config_dir))
+    if not (path.is_relative_to(cwd) and config_dir.is_relative_to(cwd)):
         return _text(path.as_posix())
-    return _text(Path(os.path.relpath(path, os.path.abspath(config_dir))).as_posix())
+    return _text(Path(os.path.relpath(path, config_dir)).as_posix())
 
 
 def _text(value: str) -> str:
