@@ -324,7 +324,7 @@ def _not_a_model(name: str, folder: Path) -> str:
     dir_hint = f"; did you mean the dir {(parent / near[0]).as_posix()!r}?" if near else ""
     return (
         f"{name!r} is not a built-in model{close} (built-in: {names}) nor a checkpoint dir "
-        f"(no dir {folder.as_posix()!r}){dir_hint}"
+        f"(no dir {folder.as_posix()!r}; a path is relative to the spec's folder){dir_hint}"
     )
 
 

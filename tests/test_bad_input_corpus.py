@@ -258,7 +258,7 @@ CASES: dict[str, Case] = {
         "spec",
         {},
         ["validate", "spec.yaml"],
-        "(no dir 'Ckpt'); did you mean the dir 'ckpt'?",
+        "(no dir 'Ckpt'; a path is relative to the spec's folder); did you mean the dir 'ckpt'?",
         _sibling_model_dir,
     ),
     "spec_max_dropped_fraction_above_1": Case(
