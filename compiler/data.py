@@ -18,9 +18,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from tunegen.compiler.pipeline import compile_spec
+from tunegen.compiler.pipeline import Compiled, compile_spec
 from tunegen.compiler.write import write_outputs
-from tunegen.runtime.config import apply_overrides, instantiate, load_config
+from tunegen.runtime.config import (
+    apply_overrides,
+    instantiate,
+    load_config,
+    resolve_config_paths,
+)
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.packing import pack_examples
 from tunegen.runtime.data.report import DatasetStats, dataset_stats, item_sequences
@@ -30,6 +35,7 @@ from tunegen.runtime.tokenizers.base import Tokenizer
 __all__ = [
     "DataView",
     "build_data_view",
+    "compiled_config",
     "export_jsonl",
     "format_stats",
     "render_packs",
@@ -58,8 +64,15 @@ class DataView:
 
 def load_data_config(path: Path, overrides: Sequence[str], *, is_spec: bool) -> DictConfig:
     """The config the recipe would run with: a spec is compiled in memory first."""
-    cfg = OmegaConf.create(compile_spec(path).rendered.config) if is_spec else load_config(path)
+    cfg = compiled_config(compile_spec(path)) if is_spec else load_config(path)
     return apply_overrides(cfg, overrides)
+
+
+def compiled_config(compiled: Compiled) -> DictConfig:
+    """The config a compiled spec would write, read as `load_config` would read it from there
+    (its paths, relative to the config's folder, resolved)."""
+    cfg = OmegaConf.create(compiled.rendered.config)
+    return resolve_config_paths(cfg, compiled.config_path.parent)
 
 
 def build_data_view(cfg: DictConfig) -> DataView:
@@ -305,5 +318,5 @@ def export_jsonl(dataset: Dataset, path: Path, *, force: bool = False) -> int:
     if path.suffix != ".jsonl":
         raise TunegenError(f"--export {path}: the file name must end in .jsonl")
     rows = list(export_rows(dataset))
-    write_outputs({path: "\n".join(rows) + "\n"}, force=force)
+    write_outputs({path: "\n".join(rows) + "\n"}, force=force, editable=False)
     return len(rows)

@@ -19,7 +19,15 @@ INTRO = """\
 A spec is a short YAML file that `tunegen new --spec FILE` compiles into a recipe
 (`generated/<name>.py`) and its config (`generated/<name>.yaml`). These keys are a public contract:
 they are only ever extended, never renamed. Unknown keys, wrong types and out-of-range values are
-errors that name the file, line and key path. Paths are relative to the spec file's folder.
+errors that name the file, line and key path.
+
+Paths: every path in a spec (`data.path`, `eval.path`, `tokenizer`, `model` and `kd.teacher` when
+they are dirs, `checkpoint.output_dir`) is relative to the spec file's folder, whatever the working
+directory of `tunegen new`; an unset `checkpoint.output_dir` is `runs/<name>` in that working
+directory. The generated config holds each path relative to the config file's own folder (or
+absolute, for one outside the working directory), and the recipe resolves them against that
+folder, so `tunegen run generated/x.py` and `python generated/x.py --config generated/x.yaml` work
+from any directory. A path given as a command-line override is relative to the working directory.
 
 This page is generated from `compiler/schema.py` (`python -m tunegen.compiler.docs > docs/spec.md`).
 

@@ -173,12 +173,12 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         dora=dora,
         features=_features(spec, objective, adapters),
         saved_weights="adapter" if adapters else "model",
-        spec_source=_config_path(parsed.path),
+        spec_source=_display_path(parsed.path),
         spec_hash=hashlib.sha256(parsed.text.encode("utf-8")).hexdigest()[:12],
         version=tunegen_version(),
-        recipe_path=_config_path(recipe_path),
-        config_path=_config_path(config_path),
-        config_sections=_config_sections(spec, parsed),
+        recipe_path=_display_path(recipe_path),
+        config_path=_display_path(config_path),
+        config_sections=_config_sections(spec, parsed, config_path.parent),
     )
 
 
@@ -208,23 +208,29 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
     return tuple(feature for feature, enabled in chosen.items() if enabled)
 
 
-def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
-    """The generated config, section by section in the order the recipe uses them."""
+def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Section, ...]:
+    """The generated config, section by section in the order the recipe uses them.
+
+    Paths are written relative to `config_dir`, the config file's folder (see `_config_path`).
+    """
     training, data = spec.training, spec.data
-    output_dir = _text(spec.checkpoint.output_dir or f"runs/{spec.name}")
-    sections = [Section("model", "the model to fine-tune", _model_items(spec, parsed))]
+    output_dir = _config_path(_output_dir(spec, parsed), config_dir)
+    sections = [Section("model", "the model to fine-tune", _model_items(spec, parsed, config_dir))]
     if spec.method == "kd":
         sections.append(
             Section(
                 "teacher_model",
                 "the frozen teacher whose logits the student learns from",
                 _checkpoint_model_items(
-                    _config_path(resolve_spec_path(parsed, spec.kd.teacher)), spec.data
+                    _config_path(resolve_spec_path(parsed, spec.kd.teacher), config_dir),
+                    spec.data,
                 ),
             )
         )
     sections.append(
-        Section("tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed))
+        Section(
+            "tokenizer", "turns text into token ids", _tokenizer_items(spec, parsed, config_dir)
+        )
     )
     if uses_adapters(spec):
         lora = spec.lora or LoraSpec()
@@ -244,16 +250,14 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             "writes checkpoints atomically under output_dir/step_NNNNNN",
             (
                 _component("tunegen.runtime.checkpointing.Checkpointer"),
-                Entry(
-                    "output_dir", output_dir, doc_of(CheckpointSpec, "output_dir").split(" (")[0]
-                ),
+                Entry("output_dir", output_dir, "run directory, relative to this file"),
                 Entry("keep_last", spec.checkpoint.keep_last, doc_of(CheckpointSpec, "keep_last")),
             ),
         ),
         Section(
             "dataset",
             DATASET_COMMENTS[data.format],
-            _dataset_items(data, parsed),
+            _dataset_items(data, parsed, config_dir),
         ),
         Section(
             "dataloader",
@@ -299,13 +303,15 @@ def _config_sections(spec: Spec, parsed: ParsedSpec) -> tuple[Section, ...]:
             Section(
                 "export",
                 "the final model in Hugging Face format",
-                _export_items(spec, parsed),
+                _export_items(spec, parsed, config_dir),
             )
         )
     if spec.eval is not None:
         sections.append(
             Section(
-                "eval", EvalSpec.__doc__.strip().rstrip("."), _eval_items(spec.eval, data, parsed)
+                "eval",
+                EvalSpec.__doc__.strip().rstrip("."),
+                _eval_items(spec.eval, data, parsed, config_dir),
             )
         )
     if spec.profiler is not None:
@@ -359,15 +365,32 @@ def _is_builtin(spec: Spec) -> bool:
     return spec.model in BUILTIN_MODELS
 
 
-def _checkpoint_dir(spec: Spec, parsed: ParsedSpec) -> str | None:
+def _output_dir(spec: Spec, parsed: ParsedSpec) -> Path:
+    """The run dir: `checkpoint.output_dir` relative to the spec, by default `runs/<name>` in the
+    working directory (next to `generated/`, also for a built-in spec inside the package)."""
+    if spec.checkpoint.output_dir is None:
+        return Path("runs", spec.name)
+    return resolve_spec_path(parsed, spec.checkpoint.output_dir)
+
+
+def _checkpoint_dir(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> str | None:
     """The model's checkpoint dir as the config names it (None for a built-in model)."""
-    return None if _is_builtin(spec) else _config_path(resolve_spec_path(parsed, spec.model))
+    if _is_builtin(spec):
+        return None
+    path = _config_path(resolve_spec_path(parsed, spec.model), config_dir)
+    return f"./{path}" if path in _builtin_names() else path  # a dir named like a built-in
 
 
-def _model_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+def _builtin_names() -> set[str]:
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    return set(BUILTIN_MODELS)
+
+
+def _model_items(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Entry, ...]:
     if _is_builtin(spec):
         return (_component(f"tunegen.runtime.models.{spec.model}"),)
-    return _checkpoint_model_items(_checkpoint_dir(spec, parsed), spec.data)
+    return _checkpoint_model_items(_checkpoint_dir(spec, parsed, config_dir), spec.data)
 
 
 def _checkpoint_model_items(path: str, data: DataSpec) -> tuple[Entry, ...]:
@@ -399,22 +422,22 @@ def _loss_section(spec: Spec) -> Section:
     return Section("loss", "the DPO loss on policy and reference log-probabilities", tuple(items))
 
 
-def _tokenizer_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+def _tokenizer_items(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Entry, ...]:
     if spec.tokenizer is None and _is_builtin(spec):
         return (
             _component("tunegen.runtime.tokenizers.builtin_tokenizer"),
             Entry("name", spec.model, "the tokenizer bundled with the built-in model"),
         )
     if spec.tokenizer is None:
-        path, comment = _checkpoint_dir(spec, parsed), "the checkpoint's own tokenizer"
+        path, comment = _checkpoint_dir(spec, parsed, config_dir), "the checkpoint's own tokenizer"
     else:
-        path = _config_path(resolve_spec_path(parsed, spec.tokenizer))
+        path = _config_path(resolve_spec_path(parsed, spec.tokenizer), config_dir)
         comment = "tokenizer.json dir, sentencepiece or tiktoken file"
     return (_component("tunegen.runtime.tokenizers.load_tokenizer"), Entry("path", path, comment))
 
 
-def _export_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
-    source = _checkpoint_dir(spec, parsed)
+def _export_items(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Entry, ...]:
+    source = _checkpoint_dir(spec, parsed, config_dir)
     if not uses_adapters(spec):
         return (
             Entry("output_dir", f"{RUN_DIR}/hf_model", "transformers loads this dir directly"),
@@ -432,11 +455,13 @@ def _export_items(spec: Spec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     return tuple(items)
 
 
-def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+def _dataset_items(data: DataSpec, parsed: ParsedSpec, config_dir: Path) -> tuple[Entry, ...]:
     items = [
         _component(DATASETS[data.format]),
         Entry(
-            "source", _config_path(resolve_spec_path(parsed, data.path)), "a .jsonl or .json file"
+            "source",
+            _config_path(resolve_spec_path(parsed, data.path), config_dir),
+            "a .jsonl or .json file",
         ),
     ]
     if data.format != "text":
@@ -448,6 +473,13 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
     if data.format == "text":
         items.append(Entry("column", _text(data.column), doc_of(DataSpec, "column")))
     items.append(Entry("max_seq_len", data.max_seq_len, doc_of(DataSpec, "max_seq_len")))
+    items.append(
+        Entry(
+            "max_dropped_fraction",
+            data.max_dropped_fraction,
+            doc_of(DataSpec, "max_dropped_fraction"),
+        )
+    )
     return tuple(items)
 
 
@@ -481,11 +513,13 @@ def _training_items(spec: Spec) -> tuple[Entry, ...]:
     return tuple(items)
 
 
-def _eval_items(eval_spec: EvalSpec, data: DataSpec, parsed: ParsedSpec) -> tuple[Entry, ...]:
+def _eval_items(
+    eval_spec: EvalSpec, data: DataSpec, parsed: ParsedSpec, config_dir: Path
+) -> tuple[Entry, ...]:
     return (
         Entry(
             "source",
-            _config_path(resolve_spec_path(parsed, eval_spec.path)),
+            _config_path(resolve_spec_path(parsed, eval_spec.path), config_dir),
             "held-out instruct data",
         ),
         Entry("template", data.template, "the training data's prompt template"),
@@ -505,13 +539,29 @@ def _profiler_items(profiler: ProfilerSpec) -> tuple[Entry, ...]:
     )
 
 
-def _config_path(path: Path) -> str:
-    """A path as the config should hold it: relative to the working directory when inside it."""
+def _display_path(path: Path) -> str:
+    """A path as the headers show it (in run commands): relative to the working directory when
+    inside it."""
     path = Path(os.path.abspath(path))
     try:
         return _text(path.relative_to(Path.cwd()).as_posix())
     except ValueError:
         return _text(path.as_posix())
+
+
+def _config_path(path: Path, config_dir: Path) -> str:
+    """A path as the config holds it: relative to the config file's folder `config_dir`, which is
+    what `load_config` resolves it against, so the config works from any working directory.
+
+    A path outside the working directory (a shared dataset, an installed package's data), or any
+    path when the config itself is written outside it, stays absolute: a long climb of `..` would
+    break as soon as the project moves.
+    """
+    cwd = Path.cwd()
+    path, config_dir = Path(os.path.abspath(path)), Path(os.path.abspath(config_dir))
+    if not (path.is_relative_to(cwd) and config_dir.is_relative_to(cwd)):
+        return _text(path.as_posix())
+    return _text(Path(os.path.relpath(path, config_dir)).as_posix())
 
 
 def _text(value: str) -> str:

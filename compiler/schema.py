@@ -130,6 +130,13 @@ class DataSpec(_Section):
         False, "also compute the loss on prompts and user turns (instruct and chat data)"
     )
     shuffle: bool = option(True, "shuffle the samples every epoch (the order depends only on seed)")
+    max_dropped_fraction: float = option(
+        0.01,
+        "share of records that may train nothing and be dropped (no assistant turn, no loss "
+        "token within max_seq_len); more is an error",
+        ge=0,
+        le=1,
+    )
 
 
 class LoraSpec(_Section):
@@ -220,7 +227,9 @@ class TrainingSpec(_Section):
 class CheckpointSpec(_Section):
     """Where and when checkpoints are written."""
 
-    output_dir: str | None = option(None, "run directory (null: runs/<name>)")
+    output_dir: str | None = option(
+        None, "run directory, relative to the spec (null: runs/<name> in the working directory)"
+    )
     save_every_n_steps: int | None = option(
         None, "also save every N optimizer steps (null: only at the end)", ge=1
     )
@@ -300,6 +309,7 @@ CONFIG_KEYS: dict[str, str] = {
     "dataset.train_on_input": "data.train_on_input",
     "dataset.column": "data.column",
     "dataset.max_seq_len": "data.max_seq_len",
+    "dataset.max_dropped_fraction": "data.max_dropped_fraction",
     "dataloader.batch_size": "training.batch_size",
     "dataloader.shuffle": "data.shuffle",
     "optimizer.lr": "training.lr",

@@ -8,6 +8,7 @@ model registry and files on disk.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -199,19 +200,30 @@ def _vocab_size(spec: Spec, parsed: ParsedSpec) -> int | None:
         return None
 
 
+def _not_a_model(name: str, folder: Path) -> str:
+    """Why `model: name` is neither: the built-in names, and the dir it was looked for as, with a
+    near sibling dir of that name if there is one (`Qwen2.5-0.5b` for `Qwen2.5-0.5B`)."""
+    from tunegen.runtime.models import BUILTIN_MODELS
+
+    close = _did_you_mean(name, BUILTIN_MODELS)
+    names = ", ".join(sorted(BUILTIN_MODELS))
+    parent = folder.parent
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    near = difflib.get_close_matches(folder.name, siblings, n=1, cutoff=0.6)
+    dir_hint = f"; did you mean the dir {(parent / near[0]).as_posix()!r}?" if near else ""
+    return (
+        f"{name!r} is not a built-in model{close} (built-in: {names}) nor a checkpoint dir "
+        f"(no dir {folder.as_posix()!r}; a path is relative to the spec's folder){dir_hint}"
+    )
+
+
 def _check_checkpoint_dir(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     """`model` names no built-in model, so it must be a supported Hugging Face checkpoint dir."""
     from tunegen.runtime.hf_checkpoint import CONFIG_FILE
-    from tunegen.runtime.models import BUILTIN_MODELS
 
     folder = resolve_spec_path(parsed, spec.model)
     if not folder.is_dir():
-        close = _did_you_mean(spec.model, BUILTIN_MODELS)
-        names = ", ".join(sorted(BUILTIN_MODELS))
-        problem(
-            "model",
-            f"{spec.model!r} is not a built-in model{close} (built-in: {names}) nor a checkpoint dir",
-        )
+        problem("model", _not_a_model(spec.model, folder))
         return
     config_file = folder / CONFIG_FILE
     if not config_file.is_file():

@@ -16,17 +16,30 @@ from tunegen.runtime.errors import TunegenError
 __all__ = ["write_outputs"]
 
 
-def write_outputs(outputs: dict[Path, str], *, force: bool = False) -> list[Path]:
-    """Write each path's text; refuse (before writing anything) to replace files unless `force`."""
+def write_outputs(
+    outputs: dict[Path, str], *, force: bool = False, editable: bool = True
+) -> list[Path]:
+    """Write each path's text; refuse (before writing anything) to replace files unless `force`.
+
+    `editable` files (a recipe, a config, a spec) are the user's to edit, so the refusal warns
+    that edits would be lost; an export is data, rewritten as a whole.
+    """
     existing = [path for path in outputs if path.exists()]
     if existing and not force:
-        names = ", ".join(str(p) for p in existing)
-        raise TunegenError(
-            f"{names} already exists; pass --force to overwrite (edits in it would be lost)"
-        )
+        raise TunegenError(_exists_message(existing, editable=editable))
     for path, text in outputs.items():
         _atomic_write(path, text)
     return list(outputs)
+
+
+def _exists_message(existing: list[Path], *, editable: bool) -> str:
+    """`x.py already exists; ...` for one file, `x.py and x.yaml already exist; ...` for two."""
+    names = [str(p) for p in existing]
+    one = len(names) == 1
+    listed = names[0] if one else ", ".join(names[:-1]) + f" and {names[-1]}"
+    verb, it = ("exists", "it") if one else ("exist", "them")
+    lost = f" (edits in {it} would be lost)" if editable else ""
+    return f"{listed} already {verb}; pass --force to overwrite {it}{lost}"
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "node_path",
     "parse_recipe_args",
     "resolve_component",
+    "resolve_config_paths",
 ]
 
 COMPONENT_KEY = "_component_"
@@ -75,10 +76,12 @@ def expand_home(path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> DictConfig:
-    """Read a YAML config file into a `DictConfig`.
+    """Read a YAML config file into a `DictConfig`, its relative paths resolved against its folder.
 
-    Raises `ConfigError` for a missing file, bad YAML (with ``file:line:column``), or a document
-    whose top level is not a mapping.
+    Paths in a config are relative to the config file (see `resolve_config_paths`), so a recipe
+    runs the same from any working directory; overrides applied later stay relative to the working
+    directory, as a shell user expects. Raises `ConfigError` for a missing file, bad YAML (with
+    ``file:line:column``), or a document whose top level is not a mapping.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,7 +99,63 @@ def load_config(path: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: cannot read the file ({e.strerror or e})") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, not a list")
+    resolve_config_paths(cfg, path.parent)
     return cfg
+
+
+def resolve_config_paths(cfg: DictConfig, base_dir: str | Path) -> DictConfig:
+    """Rewrite, in place, each relative path value of `cfg` as that path under `base_dir`.
+
+    A value is a path when its key says so: ``path``, ``source``, ``*_path``, ``*_file`` and
+    ``*_dir`` (``output_dir``, ``log_dir``, ...), at any depth and in lists; ``path_or_name``
+    unless it names a built-in model; ``base_model`` when that path exists (it may also be a hub
+    name). Absolute and ``~`` paths, URLs, interpolations (``${checkpointer.output_dir}/x``) and
+    ``???`` are left alone. The result stays relative when `base_dir` is (``generated`` +
+    ``../data/x.jsonl`` -> ``data/x.jsonl``), so messages show short paths. Returns `cfg`.
+    """
+    _resolve_paths(cfg, Path(base_dir))
+    return cfg
+
+
+def _resolve_paths(node: DictConfig | ListConfig, base_dir: Path, key: str = "") -> None:
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for child_key, _ in list(items):
+        value = node._get_node(child_key)
+        name = child_key if isinstance(child_key, str) else key  # list items take the list's key
+        if isinstance(value, (DictConfig, ListConfig)):
+            if not value._is_interpolation() and not value._is_missing() and not value._is_none():
+                _resolve_paths(value, base_dir, name if isinstance(value, ListConfig) else "")
+            continue
+        raw = value._value()
+        if isinstance(raw, str) and _is_relative_path_value(name, raw, base_dir):
+            node[child_key] = _under(base_dir, raw, keep_dot=name == "path_or_name")
+
+
+_PATH_SUFFIXES = ("_path", "_file", "_dir")
+
+
+def _is_relative_path_value(key: str, value: str, base_dir: Path) -> bool:
+    """Whether `value` of `key` is a relative path to resolve against the config's folder."""
+    if not value or "${" in value or value == "???" or "://" in value:
+        return False
+    if value.startswith("~") or Path(value).is_absolute():
+        return False
+    if key in ("path", "source") or key.endswith(_PATH_SUFFIXES):
+        return True
+    if key == "path_or_name":
+        from tunegen.runtime.models import BUILTIN_MODELS
+
+        return value not in BUILTIN_MODELS
+    return key == "base_model" and (base_dir / value).exists()
+
+
+def _under(base_dir: Path, value: str, *, keep_dot: bool) -> str:
+    """`value` joined to `base_dir`, with `.` and `..` folded; ``./x`` stays explicit for a
+    `path_or_name` (a bare ``tiny`` would name the built-in model, not the dir)."""
+    joined = Path(os.path.normpath(os.path.join(base_dir, value))).as_posix()
+    if keep_dot and "/" not in joined and not joined.startswith("."):
+        joined = f"./{joined}"
+    return joined
 
 
 # --------------------------------------------------------------------------------------------------

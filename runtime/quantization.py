@@ -69,7 +69,6 @@ __all__ = [
     "QuantizationReport",
     "dequantize_base_weights",
     "is_quantized",
-    "nf4_max_error",
     "quantize_base_weights",
     "weight_memory_bytes",
 ]
@@ -123,12 +122,26 @@ class QuantizationReport:
         return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
 
     def summary(self) -> str:
-        """One line for the training log."""
-        dense = f" ({len(self.skipped)} left dense)" if self.skipped else ""
+        """One line for the training log; it says which layers stay dense and why."""
         return (
-            f"NF4: {len(self.quantized)} linear weights{dense}, model weights"
+            f"NF4: {len(self.quantized)} linear weights, model weights"
             f" {_mib(self.bytes_before)} MiB -> {_mib(self.bytes_after)} MiB ({self.ratio:.2f}x)"
+            f"{self._dense_note()}"
         )
+
+    def _dense_note(self) -> str:
+        """`; 1 left dense: lm_head (output projection, kept dense as in QLoRA: ...)`, at most three
+        layers by name, grouped by reason."""
+        if not self.skipped:
+            return ""
+        by_reason: dict[str, list[str]] = {}
+        for path, reason in self.skipped.items():
+            by_reason.setdefault(reason, []).append(path)
+        parts = []
+        for reason, paths in by_reason.items():
+            names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            parts.append(f"{names} ({reason})")
+        return f"; {len(self.skipped)} left dense: {'; '.join(parts)}"
 
 
 def _mib(n: int) -> str:
@@ -308,7 +321,9 @@ def _dense_reason(
 ) -> str | None:
     """Why the linear weight at `path` stays dense, or None if it is to be quantized."""
     if path.rpartition(".")[2] in _DENSE_NAMES:
-        return "output projection, kept dense as in QLoRA"
+        return (
+            "output projection, kept dense as in QLoRA: its rounding error would reach every logit"
+        )
     if is_quantized(weight):
         return "already NF4"
     if not weight.is_floating_point():
@@ -360,54 +375,3 @@ def _dense_leaves(tensor: Tensor) -> Iterator[Tensor]:
 
 def _storage_key(tensor: Tensor) -> tuple[str, int]:
     return (str(tensor.device), tensor.untyped_storage().data_ptr())
-
-
-# --- Error bound --------------------------------------------------------------------------------------
-
-
-def nf4_max_error(weight: Tensor, block_size: int = 64, scaler_block_size: int = 256) -> Tensor:
-    """A per-element bound on |dequantize(to_nf4(weight)) - weight|, fp32, shaped like `weight`.
-
-    For a block with absmax `s`, element `w` is coded as the NF4 level `L` nearest to `w / s`, and
-    decoded as `L * s'`, where `s'` is the double-quantized scale. So
-
-        |L * s' - w| <= s * |L - w / s| + |L| * |s' - s|
-                     <= s * (half the gap between the two levels around w / s)
-                        + max(|those two levels|) * e.
-
-    The first term is at most s * 0.1519, half the widest gap (between -1 and -0.6962). The error `e`
-    comes from storing `c = s - mean(all scales)` as int8: a group of `scaler_block_size` scales
-    with max |c| = a is multiplied by 128 / a and rounded, which is off by at most a / 256, except
-    that the group's top value (128) is clamped to 127, which is off by at most a / 128; together,
-    e = max(a / 256, c - 127 / 128 * a). A block whose absmax is 0 is decoded as L * s' with any L,
-    so its bound is e. Finally `2 * eps * (s + a)` covers rounding in the weight's dtype, in which
-    torchao computes (w / s, the level search, s - mean, the int8 scaling and the decoding each
-    round once, adding at most about (4 s + 3 a) * eps / 2 in all: ~1e-7 of s in fp32, a few percent
-    of s in bf16); the levels are taken rounded to that dtype, as torchao stores them.
-    """
-    _check_block_sizes(block_size, scaler_block_size)
-    group = block_size * scaler_block_size
-    if weight.numel() % group:
-        raise ValueError(
-            f"a tensor of {weight.numel()} elements does not split into NF4 blocks of {block_size}"
-            f" in groups of {scaler_block_size}"
-        )
-    levels = torch.tensor(NF4_LEVELS, dtype=weight.dtype, device=weight.device).float()
-    w = weight.detach().float().reshape(-1, block_size)  # (n_blocks, block_size)
-    scale = w.abs().amax(dim=1)  # (n_blocks,)
-    centered = scale - scale.mean()
-    a = centered.abs().reshape(-1, scaler_block_size).amax(dim=1)  # (n_groups,)
-    a = a.repeat_interleave(scaler_block_size)  # (n_blocks,)
-    scale_error = torch.maximum(a / 256, centered - 127 / 128 * a)  # (n_blocks,)
-
-    ratio = torch.where(scale[:, None] > 0, w / scale[:, None].clamp_min(1e-30), 0.0)
-    upper = torch.searchsorted(levels, ratio.contiguous()).clamp(1, len(NF4_LEVELS) - 1)
-    low, high = levels[upper - 1], levels[upper]  # the two levels around each w / s
-    half_gap = (high - low) / 2
-    level_max = torch.where(
-        scale[:, None] > 0, torch.maximum(low.abs(), high.abs()), torch.ones_like(low)
-    )
-    eps = torch.finfo(weight.dtype).eps
-    rounding = 2 * eps * (scale + a)
-    bound = scale[:, None] * half_gap + level_max * scale_error[:, None] + rounding[:, None]
-    return bound.reshape(weight.shape)

@@ -43,13 +43,17 @@ training: {max_steps: 1, batch_size: 1}
 
 @dataclass(frozen=True)
 class Case:
-    """A bad input: the files it writes, the command, and words the one error line must hold."""
+    """A bad input: the files it writes, the command, and words the one error line must hold.
+
+    `lines` > 1: a list of located problems (every bad record of a data file), one per line.
+    """
 
     category: str
     files: dict[str, str | bytes]
     argv: list[str]
     expect: str
     setup: Callable[[Path], None] | None = field(default=None)
+    lines: int = 1
 
 
 def _spec_with(old: str, new: str, text: str = SPEC) -> dict[str, str]:
@@ -60,6 +64,39 @@ def _spec_with(old: str, new: str, text: str = SPEC) -> dict[str, str]:
 def _compiled(*extra: str) -> list[str]:
     """argv that compiles the good spec, then runs its recipe with `extra` overrides."""
     return ["run", "generated/bad.py", *extra]
+
+
+CHAT_SPEC = SPEC.replace("max_seq_len: 64", "format: chat, template: TEMPLATE, max_seq_len: 64")
+CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+AXOLOTL = """\
+base_model: NousResearch/Llama-2-7b-hf
+datasets:
+  - path: mhenrichsen/alpaca_2k_test
+    type: alpaca
+adapter: lora
+"""
+
+
+def _chat_spec(template: str, records: str = CHAT) -> dict[str, str]:
+    return {"spec.yaml": CHAT_SPEC.replace("TEMPLATE", template), "train.jsonl": records}
+
+
+def _instruct_rows(good: int, long: int = 0) -> str:
+    """`good` short records, then `long` ones whose response starts after max_seq_len=64."""
+    rows = [json.dumps({"instruction": f"say {i}", "output": "ok"}) for i in range(good)]
+    rows += [json.dumps({"instruction": "word " * 80, "output": "x"})] * long
+    return "\n".join(rows) + "\n"
+
+
+def _existing_export(workdir: Path) -> None:
+    (workdir / "spec.yaml").write_text(SPEC)
+    (workdir / "train.jsonl").write_text(INSTRUCT)
+    (workdir / "rows.jsonl").write_text("mine\n")
+
+
+def _sibling_model_dir(workdir: Path) -> None:
+    _small_checkpoint(workdir)
+    (workdir / "spec.yaml").write_text(HF_SPEC.replace("model: ckpt", "model: Ckpt"))
 
 
 def _good_recipe(workdir: Path) -> None:
@@ -217,6 +254,51 @@ CASES: dict[str, Case] = {
         "is not a built-in model",
     ),
     "spec_missing_file": Case("spec", {}, ["new", "-s", "nothere.yaml"], "nothere.yaml"),
+    "spec_model_dir_in_another_case": Case(
+        "spec",
+        {},
+        ["validate", "spec.yaml"],
+        "(no dir 'Ckpt'; a path is relative to the spec's folder); did you mean the dir 'ckpt'?",
+        _sibling_model_dir,
+    ),
+    "spec_max_dropped_fraction_above_1": Case(
+        "spec",
+        _spec_with("max_seq_len: 64", "max_seq_len: 64, max_dropped_fraction: 2"),
+        ["validate", "spec.yaml"],
+        "data.max_dropped_fraction: must be at most 1",
+    ),
+    "validate_empty_file": Case(
+        "spec", {"x.yaml": ""}, ["validate", "x.yaml"], "x.yaml: the file is empty; expected"
+    ),
+    "validate_unrelated_mapping": Case(
+        "spec",
+        {"x.yaml": "foo: 1\n"},
+        ["validate", "x.yaml"],
+        "x.yaml: the file has keys foo, none of a spec's nor a component section",
+    ),
+    "validate_a_list": Case(
+        "spec", {"x.yaml": "- a\n- b\n"}, ["validate", "x.yaml"], "holds a list (2 items)"
+    ),
+    "validate_axolotl_config": Case(
+        "spec",
+        {"x.yaml": AXOLOTL},
+        ["validate", "x.yaml"],
+        "looks like an axolotl config (base_model, datasets); expected a tunegen spec",
+    ),
+    "validate_a_recipe_file": Case(
+        "config",
+        {},
+        ["validate", "generated/bad.py"],
+        "generated/bad.py: this is a recipe; pass its config (e.g. generated/bad.yaml)",
+        _good_recipe,
+    ),
+    "data_of_an_axolotl_config": Case(
+        "spec", {"x.yaml": AXOLOTL}, ["data", "x.yaml"], "looks like an axolotl config"
+    ),
+    "usage_unknown_option": Case(
+        "spec", {}, ["new", "--frc"], "error: tunegen new: No such option: --frc"
+    ),
+    "usage_missing_argument": Case("config", {}, ["run"], "tunegen run: Missing argument"),
     # -- configs and overrides --------------------------------------------------------------------
     "config_unresolvable_component": Case(
         "config",
@@ -267,6 +349,25 @@ CASES: dict[str, Case] = {
         _compiled("--config", "generated/bad.yaml", "-c", "generated/bad.yaml"),
         "--config is given 2 times",
         _good_recipe,
+    ),
+    "config_unknown_option_under_run": Case(
+        "config",
+        {},
+        _compiled("--frobnicate"),
+        "tunegen run: no such option '--frobnicate' (see tunegen run --help)",
+        _good_recipe,
+    ),
+    "config_override_typo_in_validate_of_a_spec": Case(
+        "config",
+        {"spec.yaml": SPEC, "train.jsonl": INSTRUCT},
+        ["validate", "spec.yaml", "training.lrr=1e-3"],
+        "did you mean 'training.lr'",
+    ),
+    "config_override_makes_the_data_too_small": Case(
+        "config",
+        {"spec.yaml": SPEC, "train.jsonl": INSTRUCT},
+        ["validate", "spec.yaml", "training.batch_size=2"],
+        "dataset: 1 samples are too few for one optimizer step",
     ),
     "config_add_an_existing_key": Case(
         "config", {}, _compiled("+training.lr=1e-3"), "already exists; drop the '+'", _good_recipe
@@ -385,6 +486,64 @@ CASES: dict[str, Case] = {
         ["data", "spec.yaml"],
         "train.jsonl:1:",
     ),
+    "data_broken_json_found_by_validate": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": INSTRUCT + "{oops\n"},
+        ["validate", "spec.yaml"],
+        "train.jsonl:2: not valid JSON",
+    ),
+    "data_template_override_to_a_missing_chat_template": Case(
+        "data",
+        _chat_spec("chatml", '{"messages": [{"content": "hi"}]}\n'),
+        ["validate", "spec.yaml", "dataset.template=tokenizer"],
+        "chat template 'tokenizer' needs the tokenizer's own chat template",
+    ),
+    "data_text_record_without_its_column": Case(
+        "data",
+        {
+            "spec.yaml": SPEC.replace("max_seq_len: 64", "format: text, max_seq_len: 64"),
+            "train.jsonl": '{"text": "a"}\n{"body": "b"}\n',
+        },
+        ["validate", "spec.yaml"],
+        "train.jsonl:2: missing field 'text'",
+    ),
+    "data_template_the_tokenizer_cannot_render": Case(
+        "data",
+        _chat_spec("llama3"),
+        ["validate", "spec.yaml"],
+        "chat template 'llama3' needs the special token '<|start_header_id|>'",
+    ),
+    "data_no_chat_template_in_the_tokenizer": Case(
+        "data",
+        _chat_spec("tokenizer"),
+        ["validate", "spec.yaml"],
+        "(chat_template.jinja, or chat_template in tokenizer_config.json)",
+    ),
+    "data_every_bad_record_listed": Case(
+        "data",
+        {"spec.yaml": SPEC, "train.jsonl": INSTRUCT + '{"instruction": 1}\n' * 25},
+        ["validate", "spec.yaml"],
+        "train.jsonl:2: field 'instruction' must be a string, got number",
+        lines=21,  # 20 located lines, then "... and 5 more"
+    ),
+    "data_too_many_records_dropped": Case(
+        "data",
+        {
+            "spec.yaml": SPEC.replace("max_seq_len: 64", "template: plain, max_seq_len: 64"),
+            "train.jsonl": _instruct_rows(good=8, long=2),
+        },
+        ["validate", "spec.yaml"],
+        "2 of 10 records (20.0%) train nothing and would be dropped, more than "
+        "max_dropped_fraction=0.01 allows",
+        lines=3,
+    ),
+    "data_export_exists": Case(
+        "data",
+        {},
+        ["data", "spec.yaml", "--export", "rows.jsonl"],
+        "rows.jsonl already exists; pass --force to overwrite it",
+        _existing_export,
+    ),
     "data_too_few_samples_for_a_step": Case(
         "data",
         {},
@@ -502,7 +661,7 @@ def test_bad_input_gives_one_clean_line(name: str, workdir: Path, capsys) -> Non
     status = _call(case.argv)
     out, err = capsys.readouterr()
     assert status == 2, f"exit {status}; stderr: {err[-2000:]}"
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("error: ") and err.count("\n") == case.lines, err
     assert case.expect in err, err
     assert "Traceback" not in out + err
 

@@ -208,12 +208,13 @@ def test_a_renamed_key_is_reported_with_every_interpolation_that_misses_it(
     monkeypatch.chdir(compiled["<root>"])
     text = Path("generated/adapters.yaml").read_text()
     assert "  batch_size: 2 " in text
-    Path("renamed.yaml").write_text(text.replace("  batch_size: 2 ", "  batch_sizex: 2 "))
+    # Beside the original: a config's relative paths are relative to its own folder.
+    Path("generated/renamed.yaml").write_text(text.replace("  batch_size: 2 ", "  batch_sizex: 2 "))
     capsys.readouterr()
-    assert _call(["validate", "renamed.yaml", "--recipe", "generated/adapters.py"]) == 2
+    assert _call(["validate", "generated/renamed.yaml", "--recipe", "generated/adapters.py"]) == 2
     assert capsys.readouterr().err == (
-        "error: renamed.yaml: dataloader.batch_size: cannot resolve '${training.batch_size}' "
+        "error: generated/renamed.yaml: dataloader.batch_size: cannot resolve '${training.batch_size}' "
         "(Interpolation key 'training.batch_size' not found)\n"
-        "renamed.yaml: training.batch_sizex: no code in adapters.py reads this key; "
+        "generated/renamed.yaml: training.batch_sizex: no code in adapters.py reads this key; "
         "did you mean 'training.batch_size'?\n"
     )

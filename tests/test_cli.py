@@ -1,14 +1,25 @@
-"""The `tunegen` command: new, validate, run, ls, cp; exit code 2 and one line for bad input."""
+"""The `tunegen` command: new, validate, run, ls, cp; exit code 2 and one line for bad input.
+
+Most tests run the command in this process, as the console script does (`main()` with
+`sys.argv`); the ones that train (marked slow) run it as a subprocess.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
-from helpers import tunegen
+from helpers import tunegen as tunegen_subprocess
 
-from tunegen.compiler.cli import builtin_specs
+from tunegen.compiler.cli import builtin_specs, main
+from tunegen.runtime.errors import TunegenError
 
 SPEC = """\
 name: cli_recipe
@@ -18,6 +29,32 @@ data: {path: data/demo_train.jsonl, max_seq_len: 64}
 training: {max_steps: 3, batch_size: 2}
 logging: {every_n_steps: 1}
 """
+
+
+def cli(*argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """`tunegen ARGV` run in this process as the console script runs it (`main()` with
+    `sys.argv`), from `cwd`: (exit status, stdout, stderr). Cheaper than a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, Path.cwd()
+    sys.argv = ["tunegen", *argv]
+    status = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+    return status, out.getvalue(), err.getvalue()
+
+
+def tunegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`tunegen ARGS` in this process (see `cli`), shaped like a finished subprocess."""
+    status, out, err = cli(*args, cwd=cwd)
+    return subprocess.CompletedProcess(["tunegen", *args], status, out, err)
 
 
 def test_new_writes_recipe_and_config_then_refuses_to_overwrite(demo_workdir):
@@ -47,10 +84,13 @@ def test_invalid_spec_exits_2_with_one_line_and_writes_nothing(demo_workdir):
     assert not Path("generated").exists()
 
 
+@pytest.mark.slow
 def test_run_applies_overrides_and_trains(demo_workdir):
     Path("spec.yaml").write_text(SPEC)
-    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
-    result = tunegen("run", "generated/cli_recipe.py", "training.max_steps=2", "training.lr=1e-3")
+    assert tunegen_subprocess("new", "--spec", "spec.yaml").returncode == 0
+    result = tunegen_subprocess(
+        "run", "generated/cli_recipe.py", "training.max_steps=2", "training.lr=1e-3"
+    )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^step +2 \| loss \d", result.stdout, re.MULTILINE), result.stdout
     assert Path("runs/cli_recipe/step_000002/adapter.safetensors").is_file()
@@ -130,6 +170,7 @@ class ScaledLoss(CrossEntropyLoss):
 '''
 
 
+@pytest.mark.slow
 def test_text_data_and_a_user_component_from_the_working_directory(workdir):
     Path("data").mkdir()
     rows = [
@@ -138,11 +179,11 @@ def test_text_data_and_a_user_component_from_the_working_directory(workdir):
     Path("data/notes.jsonl").write_text("\n".join(rows) + "\n")
     Path("my_loss.py").write_text(MY_LOSS)
     Path("spec.yaml").write_text(TEXT_SPEC)
-    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
+    assert tunegen_subprocess("new", "--spec", "spec.yaml").returncode == 0
     config = Path("generated/text_recipe.yaml").read_text()
     assert "tunegen.runtime.data.TextDataset" in config and "column: body" in config
 
-    result = tunegen(
+    result = tunegen_subprocess(
         "run",
         "generated/text_recipe.py",
         "loss._component_=my_loss.ScaledLoss",
@@ -159,7 +200,7 @@ def test_text_data_and_a_user_component_from_the_working_directory(workdir):
         in result.stderr
     )
 
-    result = tunegen(
+    result = tunegen_subprocess(
         "run", "generated/text_recipe.py", "loss._component_=my_loss.ScaledLoss", "+loss.scale=0.5"
     )
     assert result.returncode == 0, result.stderr
@@ -187,3 +228,113 @@ def test_interpolated_training_keys_are_type_checked(demo_workdir):
         "validate", "generated/cli_recipe.yaml", "training.lr=1e-4", "training.batch_size=8"
     )
     assert ok.returncode == 0, ok.stderr
+
+
+# -- paths: relative to the spec, then to the config, whatever the working directory -------------
+
+PROJECT_SPEC = """\
+name: moved
+method: full
+model: tiny
+data: {path: ../data/train.jsonl, template: plain, max_seq_len: 64}
+training: {max_steps: 1, batch_size: 2}
+checkpoint: {output_dir: ../runs/moved}
+"""
+
+
+def _project(root: Path) -> Path:
+    """root/specs/moved.yaml naming root/data/train.jsonl and root/runs/moved, relative to it."""
+    (root / "specs").mkdir(parents=True)
+    (root / "data").mkdir()
+    rows = [f'{{"instruction": "say {i}", "output": "ok"}}' for i in range(4)]
+    (root / "data/train.jsonl").write_text("\n".join(rows) + "\n")
+    (root / "specs/moved.yaml").write_text(PROJECT_SPEC)
+    return root / "specs/moved.yaml"
+
+
+def test_spec_paths_are_relative_to_the_spec_and_config_paths_to_the_config(workdir):
+    spec = _project(workdir / "project")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    status, _, err = cli("new", "--spec", str(spec), "-o", "generated", cwd=workdir / "project")
+    assert status == 0, err
+    config = yaml.safe_load((workdir / "project/generated/moved.yaml").read_text())
+    assert config["dataset"]["source"] == "../data/train.jsonl"
+    assert config["checkpointer"]["output_dir"] == "../runs/moved"
+    # Compiled from another directory, the spec's paths still mean the same files (outside the
+    # working directory, the config holds them absolute).
+    status, _, err = cli("new", "--spec", str(spec), "-o", str(workdir / "gen2"), cwd=elsewhere)
+    assert status == 0, err
+    config = yaml.safe_load((workdir / "gen2/moved.yaml").read_text())
+    assert config["dataset"]["source"] == (workdir / "project/data/train.jsonl").as_posix()
+    assert config["checkpointer"]["output_dir"] == (workdir / "project/runs/moved").as_posix()
+    # The config is valid, and its data found, from any working directory.
+    for cwd in (elsewhere, workdir / "project/generated", workdir):
+        status, out, err = cli("validate", str(workdir / "project/generated/moved.yaml"), cwd=cwd)
+        assert status == 0, (cwd, err)
+        assert "data: 4 samples" in out
+
+
+@pytest.mark.slow
+def test_a_generated_recipe_runs_from_another_directory(workdir):
+    spec = _project(workdir / "project")
+    assert tunegen_subprocess("new", "--spec", str(spec), cwd=workdir / "project").returncode == 0
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    ran = tunegen_subprocess("run", "../project/generated/moved.py", cwd=elsewhere)
+    assert ran.returncode == 0, ran.stderr
+    assert (workdir / "project/runs/moved/step_000001/model.safetensors").is_file()
+    # `python recipe.py --config`: the config's paths hold; an override's path is the shell's.
+    recipe = workdir / "project/generated/moved.py"
+    alone = subprocess.run(
+        [
+            sys.executable,
+            str(recipe),
+            "--config",
+            str(recipe.with_suffix(".yaml")),
+            "checkpointer.output_dir=out",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert alone.returncode == 0, alone.stderr
+    assert (elsewhere / "out/step_000001/model.safetensors").is_file()
+    assert not (workdir / "project/generated/out").exists()
+
+
+# -- the command line itself ----------------------------------------------------------------------
+
+
+def test_help_shows_flags_and_metavars_as_users_expect():
+    new = cli("new", "--help")[1]
+    assert re.search(r"^  --force +Overwrite", new, re.MULTILINE), new
+    assert "-s, --spec FILE" in new and "<bool>" not in new and "<str>" not in new
+    run = cli("run", "--help")[1]
+    assert "-c, --config PATH" in run and "[KEY=VALUE]..." in run
+    for example in ("key.sub=value", "+key.sub=value", "~key.sub", "tunegen run generated/"):
+        assert example in run, run
+
+
+def test_debug_is_accepted_before_and_after_every_command(workdir):
+    Path("empty.yaml").write_text("")
+    assert cli("validate", "empty.yaml")[0] == 2
+    for argv in (["--debug", "validate", "empty.yaml"], ["validate", "empty.yaml", "--debug"]):
+        with pytest.raises(TunegenError, match="the file is empty"):  # the traceback shows
+            cli(*argv)
+    for command in ("new", "validate", "run", "data", "ls", "cp"):
+        assert "--debug" in cli(command, "--help")[1], command
+    assert cli("ls", "--debug")[0] == 0
+
+
+def test_usage_errors_are_one_line_naming_the_command_typed(workdir):
+    status, _, err = cli("run", "generated/x.py", "training.lr=1", "--lr")
+    assert (status, err) == (
+        2,
+        "error: tunegen run: no such option '--lr' (see tunegen run --help)\n",
+    )
+    status, _, err = cli("new", "--spce", "x.yaml")
+    assert status == 2 and err.startswith("error: tunegen new: No such option: --spce")
+    assert err.count("\n") == 1

@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers import absurd_optimizer, losses, run_recipe, tunegen
 from safetensors.torch import load_file
+
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
 
 SPEC = """\
 name: e2e_{method}

@@ -9,6 +9,9 @@ import pytest
 import torch
 from helpers import losses, run_recipe, tunegen
 
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 tokenizers = pytest.importorskip("tokenizers")

@@ -23,6 +23,9 @@ from safetensors.torch import load_file
 
 from tunegen.runtime.checkpointing import Checkpointer
 
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 # Saves step 1, then starts saving step 2 and SIGKILLs itself at the KILL_AT-th durable
 # operation (an fsync of a file or dir, or the rename that publishes the step dir).
 SAVE_AND_DIE = """

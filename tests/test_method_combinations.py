@@ -22,6 +22,9 @@ from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 def write_spec(name: str, settings: dict, steps: int, save_every: int | None = None) -> Path:
     path = Path(f"{name}.yaml")

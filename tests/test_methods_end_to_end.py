@@ -20,6 +20,9 @@ from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 from tunegen.runtime.tokenizers import builtin_tokenizer
 
+# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def specs_dir(workdir: Path) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 from tunegen.runtime.data.chat_templates import (
     CHAT_TEMPLATE_NAMES,
     CHAT_TEMPLATES,
+    NO_CHAT_TEMPLATE,
     TOKENIZER_TEMPLATE,
     Message,
     Segment,
@@ -31,8 +32,8 @@ from tunegen.runtime.data.chat_templates import (
     generation_prompt,
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX
-from tunegen.runtime.data.examples import TokenizedExamples
-from tunegen.runtime.data.jsonl import json_type_name, read_numbered_records
+from tunegen.runtime.data.examples import DroppedRecord, TokenizedExamples
+from tunegen.runtime.data.jsonl import RecordErrors, json_type_name, read_numbered_records
 from tunegen.runtime.errors import DataError, TokenizerError
 from tunegen.runtime.tokenizers.base import Tokenizer
 
@@ -54,19 +55,47 @@ _FORMS = {
 }
 
 
-def read_conversations(source: str | Path) -> list[tuple[int, list[Message]]]:
-    """(line, messages) for every record of `source`, in the OpenAI form, after checking them."""
+def read_conversations(
+    source: str | Path, *, errors: RecordErrors | None = None
+) -> list[tuple[int, list[Message]]]:
+    """(line, messages) for every good record of `source`, in the OpenAI form.
+
+    Bad records go to `errors`; without it, all of them are raised together at the end.
+    """
     name = os.fspath(source)
-    return [(line, _messages(record, name, line)) for line, record in read_numbered_records(source)]
+    own = errors is None
+    errors = RecordErrors() if errors is None else errors
+    conversations = []
+    for line, record in read_numbered_records(source, errors=errors):
+        try:
+            conversations.append((line, _messages(record, name, line)))
+        except DataError as e:
+            errors.add(line, e)
+    if own:
+        errors.raise_if_any()
+    return conversations
 
 
 def read_chat_examples(source: str | Path) -> list[tuple[list[Message], str]]:
     """(messages before the last assistant reply, that reply) per record, for evaluation."""
+    errors = RecordErrors()
+    name = os.fspath(source)
     examples = []
-    for _, messages in read_conversations(source):
+    for line, messages in read_conversations(source, errors=errors):
+        if not _has_reply(messages):
+            errors.add(line, DataError(f"{name}:{line}: {_NO_REPLY}"))
+            continue
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         examples.append((messages[:last], messages[last]["content"]))
+    errors.raise_if_any()
     return examples
+
+
+_NO_REPLY = "the conversation has no assistant message, so nothing to learn"
+
+
+def _has_reply(messages: Sequence[Message]) -> bool:
+    return any(m["role"] == "assistant" for m in messages)
 
 
 def chat_prompt_tokens(
@@ -82,8 +111,9 @@ class ChatDataset(TokenizedExamples):
     """Tokenized conversations; item i is `{"tokens": [...], "labels": [...]}`.
 
     `template` is a built-in chat template (`llama3`, `chatml`, `mistral`, `alpaca`) or
-    `tokenizer` for the tokenizer's own. Records whose replies are all truncated away would train
-    nothing, so they are dropped and listed in `dropped`.
+    `tokenizer` for the tokenizer's own. Records with no assistant reply, or whose replies are all
+    truncated away, would train nothing, so they are dropped and listed in `dropped` (up to
+    `max_dropped_fraction` of them). Every bad record is reported, in one error.
     """
 
     def __init__(
@@ -94,20 +124,25 @@ class ChatDataset(TokenizedExamples):
         template: str,
         max_seq_len: int,
         train_on_input: bool = False,
+        max_dropped_fraction: float = 0.01,
     ) -> None:
-        super().__init__(max_seq_len)
+        super().__init__(max_seq_len, max_dropped_fraction=max_dropped_fraction)
         check_chat_tokenizer(tokenizer, template)
         template_args = chat_template_args(tokenizer, template)
         name = os.fspath(source)
-        for line, messages in read_conversations(source):
+        for line, messages in read_conversations(source, errors=self.errors):
+            if not train_on_input and not _has_reply(messages):
+                self.dropped.append(DroppedRecord(line, _NO_REPLY))
+                continue
             try:
                 segments = chat_segments(messages, template, **template_args)
             except DataError as e:
-                raise DataError(f"{name}:{line}: {e}") from e
+                self.errors.add(line, DataError(f"{name}:{line}: {e}"))
+                continue
             if train_on_input:
                 segments = [Segment(s.text, True) for s in segments]
             self.add(*tokenize_segments(tokenizer, segments), line=line)
-        self.require_examples(name, "their first assistant reply")
+        self.finish(name, "their first assistant reply")
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -129,10 +164,7 @@ def _messages(record: Mapping[str, Any], name: str, line: int) -> list[Message]:
         raise fail(f"field '{field}' must be an array, got {json_type_name(turns)}")
     if not turns:
         raise fail(f"empty conversation ('{field}' has no messages)")
-    messages = parse_turns(turns, form=field, fail=fail)
-    if not any(m["role"] == "assistant" for m in messages):
-        raise fail("the conversation has no assistant message, so nothing to learn")
-    return messages
+    return parse_turns(turns, form=field, fail=fail)
 
 
 def parse_turns(
@@ -192,6 +224,8 @@ def check_chat_tokenizer(tokenizer: Tokenizer, template: str) -> None:
     on the wrong ids.
     """
     if template == TOKENIZER_TEMPLATE:
+        if tokenizer.chat_template is None:
+            raise TokenizerError(NO_CHAT_TEMPLATE)
         return
     if template not in CHAT_TEMPLATES:
         raise ValueError(f"unknown chat template {template!r} (known: {list(CHAT_TEMPLATE_NAMES)})")

@@ -301,12 +301,16 @@ def _render(
         raise DataError(f"the tokenizer's chat template failed: {e.message or e}") from e
 
 
+NO_CHAT_TEMPLATE = (
+    "chat template 'tokenizer' needs the tokenizer's own chat template (chat_template.jinja, or "
+    "chat_template in tokenizer_config.json); this tokenizer has none, so pick a built-in "
+    "template: llama3, chatml, mistral or alpaca"
+)
+
+
 def _jinja(source: str | None) -> jinja2.Template:
     if source is None:
-        raise TokenizerError(
-            "chat template 'tokenizer' needs a tokenizer with a chat_template "
-            "(tokenizer_config.json); this one has none, so pick a built-in template"
-        )
+        raise TokenizerError(NO_CHAT_TEMPLATE)
     return _compile(source)
 
 

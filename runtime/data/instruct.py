@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.examples import TokenizedExamples
-from tunegen.runtime.data.jsonl import read_numbered_records, require_fields
+from tunegen.runtime.data.jsonl import RecordErrors, read_numbered_records, require_fields
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
+from tunegen.runtime.errors import DataError
 from tunegen.runtime.tokenizers.sentencepiece import SentencePieceTokenizer
 
 __all__ = ["InstructDataset", "read_instruct_examples"]
@@ -34,12 +35,18 @@ def _template(name: str) -> PromptTemplate:
     return PROMPT_TEMPLATES[name]
 
 
-def _formatted(source: str | Path, template: str) -> list[tuple[int, str, str]]:
-    """(line, prompt, response) for every record of `source`, after checking its fields."""
+def _formatted(
+    source: str | Path, template: str, errors: RecordErrors
+) -> list[tuple[int, str, str]]:
+    """(line, prompt, response) for every good record of `source`; bad ones go to `errors`."""
     fmt = _template(template)
     formatted = []
-    for line, record in read_numbered_records(source):
-        require_fields(record, _REQUIRED, path=source, line=line, optional=_OPTIONAL)
+    for line, record in read_numbered_records(source, errors=errors):
+        try:
+            require_fields(record, _REQUIRED, path=source, line=line, optional=_OPTIONAL)
+        except DataError as e:
+            errors.add(line, e)
+            continue
         formatted.append((line, *fmt.format(record)))
     return formatted
 
@@ -48,14 +55,18 @@ def read_instruct_examples(
     source: str | Path, *, template: str = "alpaca"
 ) -> list[tuple[str, str]]:
     """(prompt_text, expected_response) pairs, for evaluation by generation."""
-    return [(prompt, response) for _, prompt, response in _formatted(source, template)]
+    errors = RecordErrors()
+    examples = _formatted(source, template, errors)
+    errors.raise_if_any()
+    return [(prompt, response) for _, prompt, response in examples]
 
 
 class InstructDataset(TokenizedExamples):
     """Tokenized instruction records; item i is `{"tokens": [...], "labels": [...]}`.
 
     Records whose response is truncated away entirely (a prompt longer than `max_seq_len`) would
-    train nothing, so they are dropped and listed in `dropped`.
+    train nothing, so they are dropped and listed in `dropped` (up to `max_dropped_fraction` of
+    them). Every bad record is reported, in one error.
     """
 
     def __init__(
@@ -66,11 +77,12 @@ class InstructDataset(TokenizedExamples):
         template: str = "alpaca",
         max_seq_len: int,
         train_on_input: bool = False,
+        max_dropped_fraction: float = 0.01,
     ) -> None:
-        super().__init__(max_seq_len)
-        for line, prompt, response in _formatted(source, template):
+        super().__init__(max_seq_len, max_dropped_fraction=max_dropped_fraction)
+        for line, prompt, response in _formatted(source, template, self.errors):
             prompt_ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
             response_ids = tokenizer.encode(response, add_bos=False, add_eos=True)
             prompt_labels = prompt_ids if train_on_input else [IGNORE_INDEX] * len(prompt_ids)
             self.add(prompt_ids + response_ids, prompt_labels + response_ids, line=line)
-        self.require_examples(str(source), "their response starts")
+        self.finish(str(source), "their response starts")

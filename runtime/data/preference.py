@@ -83,19 +83,25 @@ class PreferenceDataset(TruncatedRecords):
         source: str | Path,
         template: str = "alpaca",
         max_seq_len: int,
+        max_dropped_fraction: float = 0.01,
     ) -> None:
-        super().__init__(max_seq_len)
+        super().__init__(max_seq_len, max_dropped_fraction=max_dropped_fraction)
         self.pairs: list[tuple[Example, Example]] = []
         encode = _PairEncoder(tokenizer, template)
         name = os.fspath(source)
-        for line, record in read_numbered_records(source):
-            prompt, chosen, rejected = _parse(record, name, line)
+        for line, record in read_numbered_records(source, errors=self.errors):
+            try:
+                prompt, chosen, rejected = _parse(record, name, line)
+            except DataError as e:
+                self.errors.add(line, e)
+                continue
             try:
                 pair = encode(prompt, chosen, rejected)
             except DataError as e:
-                raise DataError(f"{name}:{line}: {e}") from e
+                self.errors.add(line, DataError(f"{name}:{line}: {e}"))
+                continue
             self._add(*pair, line=line)
-        self.require_examples(name, "their responses start")
+        self.finish(name, "their responses start")
 
     def _add(self, chosen: Example, rejected: Example, *, line: int) -> None:
         """Keep the pair (truncated) unless a response has no loss token left."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tunegen.runtime.data.examples import TokenizedExamples
 from tunegen.runtime.data.jsonl import read_numbered_records, require_fields
+from tunegen.runtime.errors import DataError
 from tunegen.runtime.tokenizers.base import Tokenizer
 
 __all__ = ["TextDataset"]
@@ -24,10 +25,15 @@ class TextDataset(TokenizedExamples):
         source: str | Path,
         max_seq_len: int,
         column: str = "text",
+        max_dropped_fraction: float = 0.01,
     ) -> None:
-        super().__init__(max_seq_len)
-        for line, record in read_numbered_records(source):
-            require_fields(record, [column], path=source, line=line)
+        super().__init__(max_seq_len, max_dropped_fraction=max_dropped_fraction)
+        for line, record in read_numbered_records(source, errors=self.errors):
+            try:
+                require_fields(record, [column], path=source, line=line)
+            except DataError as e:
+                self.errors.add(line, e)
+                continue
             tokens = tokenizer.encode(record[column])
             self.add(tokens, list(tokens), line=line)
-        self.require_examples(str(source), "their second token")
+        self.finish(str(source), "their second token")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 
 from tunegen.compiler.parse import parse_spec_text
 from tunegen.compiler.pipeline import Compiled, compile_spec
+from tunegen.runtime.config import expand_home
 
 BASE = {
     "name": "fuzzed",
@@ -75,6 +78,9 @@ def test_free_text_fields_stay_data(tmp_path, column, output_dir):
     # What the recipe reads: the YAML as OmegaConf resolves it (no text turns into interpolation).
     config = OmegaConf.to_container(OmegaConf.create(fuzzed.rendered.config), resolve=True)
     assert config["dataset"]["column"] == column
+    # output_dir is a path relative to the spec; outside the working directory it is written
+    # absolute (tmp_path is not the working directory here).
+    output_dir = Path(os.path.normpath(tmp_path / expand_home(output_dir))).as_posix()
     assert config["checkpointer"]["output_dir"] == output_dir
     assert config["logging"]["metric_logger"]["log_dir"] == output_dir
     assert config["export"]["output_dir"] == f"{output_dir}/hf_model"

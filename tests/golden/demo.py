@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/demo.yaml (spec sha256 3536be1d8175).
+# Compiled by tunegen 0.1.0 from specs/demo.yaml (spec sha256 598ac38b3791).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/demo.py [key=value ...]
 #   python generated/demo.py --config generated/demo.yaml [key=value ...]

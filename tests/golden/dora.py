@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/dora.yaml (spec sha256 332601ad47ae).
+# Compiled by tunegen 0.1.0 from specs/dora.yaml (spec sha256 f8dffda6ce26).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/dora.py [key=value ...]
 #   python generated/dora.py --config generated/dora.yaml [key=value ...]

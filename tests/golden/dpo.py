@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/dpo.yaml (spec sha256 a432f092ff00).
+# Compiled by tunegen 0.1.0 from specs/dpo.yaml (spec sha256 133fd619b506).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/dpo.py [key=value ...]
 #   python generated/dpo.py --config generated/dpo.yaml [key=value ...]

@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/full.yaml (spec sha256 dbacf81fb5ca).
+# Compiled by tunegen 0.1.0 from specs/full.yaml (spec sha256 6bcfb338d1ba).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/full.py [key=value ...]
 #   python generated/full.py --config generated/full.yaml [key=value ...]

@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/kd.yaml (spec sha256 d2d6ed6103c9).
+# Compiled by tunegen 0.1.0 from specs/kd.yaml (spec sha256 f9006edc9720).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/kd.py [key=value ...]
 #   python generated/kd.py --config generated/kd.yaml [key=value ...]

@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/lora.yaml (spec sha256 d12195c8caa3).
+# Compiled by tunegen 0.1.0 from specs/lora.yaml (spec sha256 89ce20c3c721).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/lora.py [key=value ...]
 #   python generated/lora.py --config generated/lora.yaml [key=value ...]

@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/qlora.yaml (spec sha256 c0d7f37f5bab).
+# Compiled by tunegen 0.1.0 from specs/qlora.yaml (spec sha256 2fd9de0abb51).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/qlora.py [key=value ...]
 #   python generated/qlora.py --config generated/qlora.yaml [key=value ...]

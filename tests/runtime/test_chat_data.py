@@ -420,8 +420,9 @@ def test_template_exception_names_the_record(tmp_path: Path, toks: dict[str, HFT
 
 def test_tokenizer_without_chat_template(toks: dict[str, HFTokenizer], chat_file: Path) -> None:
     message = (
-        "chat template 'tokenizer' needs a tokenizer with a chat_template "
-        "(tokenizer_config.json); this one has none, so pick a built-in template"
+        "chat template 'tokenizer' needs the tokenizer's own chat template (chat_template.jinja, "
+        "or chat_template in tokenizer_config.json); this tokenizer has none, so pick a built-in "
+        "template: llama3, chatml, mistral or alpaca"
     )
     with pytest.raises(TokenizerError, match=f"^{re.escape(message)}$"):
         ChatDataset(toks["alpaca"], source=chat_file, template="tokenizer", max_seq_len=512)
@@ -479,7 +480,9 @@ def test_truncation_and_dropped_records(tmp_path: Path, toks: dict[str, HFTokeni
     assert (len(full), full.num_dropped) == (2, 0)
     first_reply = next(i for i, label in enumerate(full[0]["labels"]) if label != IGNORE_INDEX)
     cut = first_reply + 2  # the first reply's first two tokens survive
-    short = ChatDataset(tok, source=path, template="chatml", max_seq_len=cut)
+    short = ChatDataset(
+        tok, source=path, template="chatml", max_seq_len=cut, max_dropped_fraction=0.5
+    )
     assert (len(short), short.num_dropped) == (1, 1)
     assert short[0]["tokens"] == full[0]["tokens"][:cut]
     assert short[0]["labels"] == full[0]["labels"][:cut]
@@ -527,10 +530,6 @@ GOOD = {"messages": CONVERSATION[1:3]}
             {"conversations": [{"from": "human", "value": None}]},
             "message 1: 'value' must be a string, got null",
         ),
-        (
-            {"messages": CONVERSATION[:2]},
-            "the conversation has no assistant message, so nothing to learn",
-        ),
     ],
 )
 def test_bad_records_name_their_line(
@@ -540,6 +539,51 @@ def test_bad_records_name_their_line(
     path.write_text(json.dumps(GOOD) + "\n\n" + json.dumps(record) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=error(path, "3: " + message)):
         ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
+
+
+def test_every_bad_record_is_reported_in_file_order(
+    tmp_path: Path, toks: dict[str, HFTokenizer]
+) -> None:
+    path = tmp_path / "d.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        json.dumps({"messages": [{"content": "hi"}]}),  # a message without a role
+        "{oops",
+        json.dumps(GOOD),
+        json.dumps({"messages": "hi"}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    expected = "\n".join(
+        [
+            f"{path}:2: message 1 has no 'role'",
+            f"{path}:3: not valid JSON (Expecting property name enclosed in double quotes)",
+            f"{path}:5: field 'messages' must be an array, got string",
+        ]
+    )
+    with pytest.raises(DataError, match=f"^{re.escape(expected)}$"):
+        ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
+
+
+def test_a_conversation_without_a_reply_is_dropped_and_counted(
+    tmp_path: Path, toks: dict[str, HFTokenizer]
+) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, {"messages": CONVERSATION[:2]}, GOOD])
+    ds = ChatDataset(
+        toks["chatml"], source=path, template="chatml", max_seq_len=512, max_dropped_fraction=0.5
+    )
+    assert (len(ds), ds.lines) == (2, [1, 3])
+    assert ds.dropped == [(2, "the conversation has no assistant message, so nothing to learn")]
+    # Above the limit (the default 1%), the error lists the dropped records.
+    with pytest.raises(DataError, match=r"1 of 3 records \(33\.3%\) train nothing") as raised:
+        ChatDataset(toks["chatml"], source=path, template="chatml", max_seq_len=512)
+    assert str(raised.value).endswith(
+        f"\n{path}:2: the conversation has no assistant message, so nothing to learn"
+    )
+    # With train_on_input the user turns carry loss, so nothing is dropped.
+    ds = ChatDataset(
+        toks["chatml"], source=path, template="chatml", max_seq_len=512, train_on_input=True
+    )
+    assert (len(ds), ds.num_dropped) == (3, 0)
 
 
 def test_mistral_takes_a_system_message_only_first(

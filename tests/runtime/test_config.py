@@ -55,6 +55,51 @@ def test_load_config_reads_yaml(tmp_path: Path) -> None:
     assert cfg.training.steps == 10
 
 
+def test_load_config_resolves_paths_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "generated/x.yaml").write_text(
+        "model: {_component_: m, path_or_name: ../ckpt}\n"
+        "builtin: {path_or_name: tiny}\n"
+        "named_like_builtin: {path_or_name: ../tiny}\n"
+        "tokenizer: {path: ../tok, name: tiny}\n"
+        "dataset: {source: [a.jsonl, ../b.jsonl]}\n"
+        "checkpointer: {output_dir: ../runs/x}\n"
+        "export: {output_dir: '${checkpointer.output_dir}/hf', source_dir: /abs, "
+        "base_model: ../ckpt, base: ../ckpt}\n"
+        "other: {hub: {base_model: org/model}, home_dir: ~/x, url_path: 'https://h/x', p: '???'}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("generated/x.yaml")
+    assert OmegaConf.to_container(cfg, resolve=True) == {
+        "model": {"_component_": "m", "path_or_name": "./ckpt"},
+        "builtin": {"path_or_name": "tiny"},  # a built-in model's name, not a path
+        "named_like_builtin": {"path_or_name": "./tiny"},  # a dir, not the built-in model
+        "tokenizer": {"path": "tok", "name": "tiny"},
+        "dataset": {"source": ["generated/a.jsonl", "b.jsonl"]},
+        "checkpointer": {"output_dir": "runs/x"},
+        "export": {
+            "output_dir": "runs/x/hf",  # the interpolation follows the resolved value
+            "source_dir": "/abs",
+            "base_model": "ckpt",  # an existing dir; a hub name stays as written
+            "base": "../ckpt",  # not a path key
+        },
+        "other": {
+            "hub": {"base_model": "org/model"},
+            "home_dir": "~/x",
+            "url_path": "https://h/x",
+            "p": "???",
+        },
+    }
+    # From another directory the same config names the same files; overrides stay the shell's.
+    monkeypatch.chdir(tmp_path / "generated")
+    cfg = apply_overrides(load_config("x.yaml"), ["dataset.source=[c.jsonl]"])
+    assert cfg.model.path_or_name == "../ckpt" and cfg.checkpointer.output_dir == "../runs/x"
+    assert list(cfg.dataset.source) == ["c.jsonl"]
+
+
 def test_load_config_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -217,7 +217,9 @@ def test_records_without_any_loss_token_are_dropped(
 ) -> None:
     # Record 0's prompt is 10 ids (BOS included) and record 1's is 7: at 10, only record 1 keeps
     # a target.
-    ds = InstructDataset(tok, source=two_records, template="plain", max_seq_len=10)
+    ds = InstructDataset(
+        tok, source=two_records, template="plain", max_seq_len=10, max_dropped_fraction=0.5
+    )
     assert (len(ds), ds.num_dropped) == (1, 1)
     assert ds[0]["labels"] == [IGNORE_INDEX] * 7 + tok.encode("sun", add_bos=False)
     with pytest.raises(DataError, match="all 2 records are longer than max_seq_len=7"):
@@ -259,6 +261,31 @@ def test_read_instruct_examples(two_records: Path) -> None:
     ]
 
 
+def test_every_bad_line_is_listed_up_to_20_then_counted(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n' + "{oops\n" * 23 + "[1]\n" * 2, encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_numbered_records(path)
+    lines = str(raised.value).split("\n")
+    assert len(lines) == 21 and lines[-1] == "... and 5 more"
+    assert (
+        lines[0] == f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
+    assert (
+        lines[19]
+        == f"{path}:21: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
+    # A .json list goes on past an item that is not an object.
+    listed = tmp_path / "d.json"
+    listed.write_text('[1,\n {"a": 1},\n "x"]', encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_numbered_records(listed)
+    assert str(raised.value) == (
+        f"{listed}:1: a record must be a JSON object, got number\n"
+        f"{listed}:3: a record must be a JSON object, got string"
+    )
+
+
 # -- text data set -----------------------------------------------------------------------------
 
 
@@ -270,7 +297,9 @@ def test_text_dataset(tok: SentencePieceTokenizer, tmp_path: Path) -> None:
         "labels": tok.encode("the cat sat")[:3],
     }
     assert ds[1] == {"tokens": [tok.bos_id, tok.eos_id], "labels": [tok.bos_id, tok.eos_id]}
-    with pytest.raises(DataError, match=error(path, ":1: missing field 'text'")):
+    # Every bad record is reported, one per line, not only the first.
+    both = f"{path}:1: missing field 'text'\n{path}:2: missing field 'text'"
+    with pytest.raises(DataError, match=f"^{re.escape(both)}$"):
         TextDataset(tok, source=path, max_seq_len=8)
 
 

@@ -282,7 +282,9 @@ def test_truncation_keeps_the_start_and_drops_pairs_without_a_response(
     full = PreferenceDataset(sp, source=path, template="plain", max_seq_len=4096)
     assert (len(full), full.num_dropped) == (2, 0)
     cut = len(prompt_tokens(full[0]["chosen_tokens"], full[0]["chosen_labels"])) + 1
-    short = PreferenceDataset(sp, source=path, template="plain", max_seq_len=cut)
+    short = PreferenceDataset(
+        sp, source=path, template="plain", max_seq_len=cut, max_dropped_fraction=0.5
+    )
     assert (len(short), short.num_dropped, short.lines) == (1, 1, [1])
     assert short.dropped[0].line == 2
     assert short.dropped[0].reason.startswith(

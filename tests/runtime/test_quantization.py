@@ -27,11 +27,11 @@ from tunegen.runtime.models import LINEAR_LAYER_NAMES, Transformer, llama, tiny
 from tunegen.runtime.quantization import (
     NF4_LEVELS,
     QuantizationReport,
+    _check_block_sizes,
     _nf4,
     _quiet_torchao_import,
     dequantize_base_weights,
     is_quantized,
-    nf4_max_error,
     quantize_base_weights,
     weight_memory_bytes,
 )
@@ -121,6 +121,59 @@ def test_quiet_import_drops_only_the_known_noise(caplog: pytest.LogCaptureFixtur
         "another real problem",
         "Failed to load /x/torchao/_C_mxfp8.so: after the import",
     ]
+
+
+# --- The error bound (the oracle the NF4 weights are checked against) --------------------------------------------------------------------------------------
+
+
+def nf4_max_error(
+    weight: torch.Tensor, block_size: int = 64, scaler_block_size: int = 256
+) -> torch.Tensor:
+    """A per-element bound on |dequantize(to_nf4(weight)) - weight|, fp32, shaped like `weight`.
+
+    For a block with absmax `s`, element `w` is coded as the NF4 level `L` nearest to `w / s`, and
+    decoded as `L * s'`, where `s'` is the double-quantized scale. So
+
+        |L * s' - w| <= s * |L - w / s| + |L| * |s' - s|
+                     <= s * (half the gap between the two levels around w / s)
+                        + max(|those two levels|) * e.
+
+    The first term is at most s * 0.1519, half the widest gap (between -1 and -0.6962). The error `e`
+    comes from storing `c = s - mean(all scales)` as int8: a group of `scaler_block_size` scales
+    with max |c| = a is multiplied by 128 / a and rounded, which is off by at most a / 256, except
+    that the group's top value (128) is clamped to 127, which is off by at most a / 128; together,
+    e = max(a / 256, c - 127 / 128 * a). A block whose absmax is 0 is decoded as L * s' with any L,
+    so its bound is e. Finally `2 * eps * (s + a)` covers rounding in the weight's dtype, in which
+    torchao computes (w / s, the level search, s - mean, the int8 scaling and the decoding each
+    round once, adding at most about (4 s + 3 a) * eps / 2 in all: ~1e-7 of s in fp32, a few percent
+    of s in bf16); the levels are taken rounded to that dtype, as torchao stores them.
+    """
+    _check_block_sizes(block_size, scaler_block_size)
+    group = block_size * scaler_block_size
+    if weight.numel() % group:
+        raise ValueError(
+            f"a tensor of {weight.numel()} elements does not split into NF4 blocks of {block_size}"
+            f" in groups of {scaler_block_size}"
+        )
+    levels = torch.tensor(NF4_LEVELS, dtype=weight.dtype, device=weight.device).float()
+    w = weight.detach().float().reshape(-1, block_size)  # (n_blocks, block_size)
+    scale = w.abs().amax(dim=1)  # (n_blocks,)
+    centered = scale - scale.mean()
+    a = centered.abs().reshape(-1, scaler_block_size).amax(dim=1)  # (n_groups,)
+    a = a.repeat_interleave(scaler_block_size)  # (n_blocks,)
+    scale_error = torch.maximum(a / 256, centered - 127 / 128 * a)  # (n_blocks,)
+
+    ratio = torch.where(scale[:, None] > 0, w / scale[:, None].clamp_min(1e-30), 0.0)
+    upper = torch.searchsorted(levels, ratio.contiguous()).clamp(1, len(NF4_LEVELS) - 1)
+    low, high = levels[upper - 1], levels[upper]  # the two levels around each w / s
+    half_gap = (high - low) / 2
+    level_max = torch.where(
+        scale[:, None] > 0, torch.maximum(low.abs(), high.abs()), torch.ones_like(low)
+    )
+    eps = torch.finfo(weight.dtype).eps
+    rounding = 2 * eps * (scale + a)
+    bound = scale[:, None] * half_gap + level_max * scale_error[:, None] + rounding[:, None]
+    return bound.reshape(weight.shape)
 
 
 # --- Accuracy ---------------------------------------------------------------------------------------
@@ -243,10 +296,18 @@ def test_lm_head_tied_and_odd_shapes_stay_dense() -> None:
         " 64 in groups of 64 (a multiple of 4096 weights)",
         f"{layer}.self_attn.v_proj": "shape (32, 64) (2048 weights) does not split into blocks of"
         " 64 in groups of 64 (a multiple of 4096 weights)",
-        "lm_head": "output projection, kept dense as in QLoRA",
+        "lm_head": "output projection, kept dense as in QLoRA: its rounding error would reach every logit",
         "tied": "weight tied to the embedding model.embed_tokens",
     }
-    assert report.summary().startswith("NF4: 5 linear weights (4 left dense), model weights ")
+    summary = report.summary()
+    assert summary.startswith("NF4: 5 linear weights, model weights ")
+    # The log line says which layers stay dense and why.
+    assert summary.endswith(
+        f"; 4 left dense: {layer}.self_attn.k_proj, {layer}.self_attn.v_proj (shape (32, 64)"
+        " (2048 weights) does not split into blocks of 64 in groups of 64 (a multiple of 4096"
+        " weights)); lm_head (output projection, kept dense as in QLoRA: its rounding error would reach every logit); tied (weight tied to"
+        " the embedding model.embed_tokens)"
+    )
     assert model.tied.weight is model.model.embed_tokens.weight
     # A second call finds nothing left to do.
     again = quantize_base_weights(model, block_size=64, scaler_block_size=64)

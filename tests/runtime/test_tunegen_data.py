@@ -39,7 +39,9 @@ SPEC = f"""\
 name: small
 method: full
 model: tiny
-data: {{path: data/small.jsonl, format: instruct, template: plain, max_seq_len: {MAX_SEQ_LEN}}}
+data:
+  {{path: data/small.jsonl, format: instruct, template: plain, max_seq_len: {MAX_SEQ_LEN},
+   max_dropped_fraction: 0.5}}
 training: {{batch_size: {BATCH_SIZE}, max_steps: 1}}
 """
 
@@ -209,12 +211,11 @@ def test_preview_marks_exactly_the_loss_tokens(small_spec: Path) -> None:
 
 
 def load_config_from_spec(spec: Path):
-    """The config `tunegen new` would write for `spec`."""
-    from omegaconf import OmegaConf
-
+    """The config `tunegen new` would write for `spec`, read as the recipe reads it."""
+    from tunegen.compiler.data import compiled_config
     from tunegen.compiler.pipeline import compile_spec
 
-    return OmegaConf.create(compile_spec(spec).rendered.config)
+    return compiled_config(compile_spec(spec))
 
 
 def test_packed_preview_shows_document_boundaries(small_spec: Path) -> None:
