@@ -11,7 +11,7 @@ import subprocess
 
 from ruff.__main__ import find_ruff_bin
 
-from tunegen.compiler.check import GeneratedCodeError
+from tunegen.compiler.output_check import GeneratedCodeError
 
 __all__ = ["RUFF_FORMAT", "format_python"]
 

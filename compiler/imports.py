@@ -15,7 +15,7 @@ import sys
 
 import libcst
 
-from tunegen.compiler.check import GeneratedCodeError
+from tunegen.compiler.output_check import GeneratedCodeError
 
 __all__ = ["FROM_IMPORTS", "MODULE_IMPORTS", "add_imports", "unbound_names"]
 

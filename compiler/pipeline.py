@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunegen.compiler.check import check
+from tunegen.compiler.output_check import check
 from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.plan import Plan, make_plan
 from tunegen.compiler.render import Rendered, render
 from tunegen.compiler.schema import Spec
-from tunegen.compiler.validate import validate_spec
+from tunegen.compiler.spec_check import validate_spec
 from tunegen.compiler.write import write_outputs
 
 __all__ = ["Compiled", "compile_spec", "write_compiled"]

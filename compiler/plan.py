@@ -31,7 +31,7 @@ from tunegen.compiler.schema import (
     uses_adapters,
     uses_dora,
 )
-from tunegen.compiler.validate import resolve_spec_path
+from tunegen.compiler.spec_check import resolve_spec_path
 
 __all__ = ["Entry", "Plan", "Section", "make_plan", "recipe_for", "tunegen_version"]
 

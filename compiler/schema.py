@@ -1,8 +1,8 @@
 """The spec schema: every key a spec may hold, its type, default, range and one-line doc.
 
 This module is the single source of truth for every value a user sets, in a spec or in the config
-compiled from it. The spec validator (`compiler.validate`), the config pre-flight
-(`runtime.config_check`, through `CONFIG_KEYS`), the generated config's comments, `docs/spec.md`
+compiled from it. The spec validator (`compiler.spec_check`), the config pre-flight
+(`runtime.preflight`, through `CONFIG_KEYS`), the generated config's comments, `docs/spec.md`
 and the JSON Schema that editors use (`tunegen schema`) are all derived from these models, so a key
 or a rule is added here once and is enforced and documented everywhere. Keys are a public
 contract: extend, never rename.

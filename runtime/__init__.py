@@ -8,7 +8,7 @@
     hf_config_for(model)
 
 See docs/api.md. The names are imported on first use, so importing a light submodule (such as
-`tunegen.runtime.config_check`) does not import torch.
+`tunegen.runtime.preflight`) does not import torch.
 """
 
 from __future__ import annotations

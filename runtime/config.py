@@ -568,7 +568,7 @@ def binding_problems(
     itself) do not bind to a signature's `params`: ``(argument or None for the node, message)``.
 
     The one binder of tunegen: `instantiate` raises the first problem, the pre-flight
-    (`config_check`) reports them all. `positional` arguments fill the first positional parameters.
+    (`preflight`) reports them all. `positional` arguments fill the first positional parameters.
     Unknown arguments get a did-you-mean; a missing required argument is one nobody passes.
     """
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

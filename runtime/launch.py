@@ -16,10 +16,10 @@ from typing import NoReturn
 from omegaconf import DictConfig
 
 from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_args
-from tunegen.runtime.config_check import check_config, format_problems
 from tunegen.runtime.errors import ConfigError, TunegenError
+from tunegen.runtime.preflight import check_config, format_problems
 
-__all__ = ["EXIT_USER_ERROR", "load_recipe_config", "run_main"]
+__all__ = ["EXIT_USER_ERROR", "load_recipe_config", "report_user_error", "run_main"]
 
 EXIT_USER_ERROR = 2
 
@@ -49,9 +49,15 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
     except TunegenError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        report_user_error(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(0)
+
+
+def report_user_error(error: TunegenError) -> NoReturn:
+    """The one way a user error ends tunegen, in `tunegen` and in a recipe run alike: one line
+    `error: ...` on stderr (a list of located problems, one per line) and exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)

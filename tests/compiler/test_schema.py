@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tunegen.compiler.cli import main
-from tunegen.compiler.copy import copy_spec, schema_path
+from tunegen.compiler.cli.copy_spec import copy_spec, schema_path
 from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.schema import (
     CONFIG_KEYS,
@@ -23,7 +23,7 @@ from tunegen.compiler.schema import (
     json_schema,
     json_schema_text,
 )
-from tunegen.compiler.validate import validate_spec
+from tunegen.compiler.spec_check import validate_spec
 from tunegen.runtime.errors import ConfigError, SpecError
 
 REPO = Path(__file__).resolve().parents[2]

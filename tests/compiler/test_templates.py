@@ -14,9 +14,9 @@ import libcst
 import pytest
 from helpers import load_script
 
-from tunegen.compiler.check import GeneratedCodeError
 from tunegen.compiler.formatting import format_python
 from tunegen.compiler.imports import FROM_IMPORTS, MODULE_IMPORTS, add_imports
+from tunegen.compiler.output_check import GeneratedCodeError
 from tunegen.compiler.pipeline import Compiled
 from tunegen.compiler.render import environment, render
 

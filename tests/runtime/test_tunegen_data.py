@@ -212,7 +212,7 @@ def test_preview_marks_exactly_the_loss_tokens(small_spec: Path) -> None:
 
 def load_config_from_spec(spec: Path):
     """The config `tunegen new` would write for `spec`, read as the recipe reads it."""
-    from tunegen.compiler.data import compiled_config
+    from tunegen.compiler.cli.data_view import compiled_config
     from tunegen.compiler.pipeline import compile_spec
 
     return compiled_config(compile_spec(spec))

@@ -14,7 +14,7 @@ from pathlib import Path
 from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.render import yaml_value
 from tunegen.compiler.schema import SCHEMA_FILE
-from tunegen.compiler.validate import resolve_spec_path
+from tunegen.compiler.spec_check import resolve_spec_path
 from tunegen.compiler.write import write_outputs
 
 __all__ = ["PATH_KEYS", "copy_spec", "schema_line", "schema_path"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tunegen.runtime.config_check import (
+from tunegen.runtime.preflight import (
     Problem,
     check_config,
     format_problems,
@@ -551,7 +551,7 @@ def test_check_imports_nothing_heavy() -> None:
     code = (
         "import sys\n"
         "from omegaconf import OmegaConf\n"
-        "from tunegen.runtime.config_check import check_config\n"
+        "from tunegen.runtime.preflight import check_config\n"
         "cfg = OmegaConf.create({'f': {'_component_': 'json.dumps', 'obj': 1}, 'path': '.'})\n"
         "assert check_config(cfg, recipe_source='cfg.f, cfg.path') == []\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

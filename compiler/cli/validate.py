@@ -11,18 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import typer
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from tunegen.compiler.data import build_data_view, compiled_config
+from tunegen.compiler.cli.app import (
+    OVERRIDES_HELP,
+    Debug,
+    Overrides,
+    app,
+    is_spec,
+    overrides_of,
+    set_debug,
+)
+from tunegen.compiler.cli.data_view import build_data_view, compiled_config
 from tunegen.compiler.pipeline import compile_spec
 from tunegen.runtime.config import apply_overrides, load_config
-from tunegen.runtime.config_check import check_config, format_problems
 from tunegen.runtime.errors import ConfigError, DataError, TunegenError
+from tunegen.runtime.preflight import check_config, format_problems
 
-__all__ = ["check_config_file", "check_data", "check_spec_file", "file_kind"]
+__all__ = ["check_config_file", "check_data", "check_spec_file", "file_kind", "validate"]
 
 # Top-level keys of a tunegen spec (a file with any of these and no component sections is a spec).
 _SPEC_KEYS = ("name", "method", "model", "data")
@@ -36,6 +46,37 @@ _FOREIGN = (
     ("a Hugging Face model config", ("architectures", "model_type")),
     ("a Hugging Face tokenizer config", ("tokenizer_class",)),
 )
+
+
+@app.command(
+    context_settings={"ignore_unknown_options": True},
+    epilog=OVERRIDES_HELP,
+)
+def validate(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A spec, or a generated config.")],
+    overrides: Overrides = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            metavar="PATH",
+            help="Recipe that reads the config (default: the .py of the same name).",
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Check a spec or a config, and its data, without loading weights; list every problem.
+
+    Overrides are applied to the config first (a spec's: the one it compiles to), as `tunegen
+    run` would apply them.
+    """
+    set_debug(debug)
+    overrides = overrides_of("validate", overrides)
+    if is_spec(path):
+        summary = check_spec_file(path, overrides)
+    else:
+        summary = check_config_file(path, overrides, recipe=recipe)
+    typer.echo(summary)
 
 
 def file_kind(path: Path) -> Literal["spec", "config"]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from tunegen.compiler.cli.data_stats import DatasetStats, dataset_stats, item_sequences
 from tunegen.compiler.pipeline import Compiled, compile_spec
 from tunegen.compiler.write import write_outputs
 from tunegen.runtime.config import (
@@ -28,7 +29,6 @@ from tunegen.runtime.config import (
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.packing import pack_examples
-from tunegen.runtime.data.report import DatasetStats, dataset_stats, item_sequences
 from tunegen.runtime.errors import ConfigError, TunegenError
 from tunegen.runtime.tokenizers.base import Tokenizer
 

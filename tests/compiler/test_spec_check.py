@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from tunegen.compiler.parse import parse_spec
-from tunegen.compiler.validate import validate_spec
+from tunegen.compiler.spec_check import validate_spec
 from tunegen.runtime.errors import SpecError
 
 GOOD = """\

@@ -1,0 +1,17 @@
+"""The `tunegen` command line, one module per command; the compiler pipeline lives beside it.
+
+    tunegen new --spec lora.yaml        compile a spec into generated/<name>.py and .yaml   (new.py)
+    tunegen validate FILE [key=value]   check a spec or a config and its data, no weights (validate.py)
+    tunegen run RECIPE [--config F] [key=value ...]                                      (run.py)
+    tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
+    tunegen ls                          built-in specs, methods and models                  (specs.py)
+    tunegen cp NAME DEST                copy a built-in spec to edit                        (specs.py)
+    tunegen schema [--output F]         the spec's JSON Schema, for editors and tools       (specs.py)
+
+`app.py` holds the Typer app the commands register on and `main`, the console entry point.
+"""
+
+from tunegen.compiler.cli import data, new, run, specs, validate  # noqa: F401  (registers the commands)
+from tunegen.compiler.cli.app import app, builtin_specs, main
+
+__all__ = ["app", "builtin_specs", "main"]
