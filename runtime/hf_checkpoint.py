@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -65,6 +66,7 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+_SHARD_PATTERN = "model{suffix}.safetensors"  # transformers' names: model-00001-of-00002...
 
 #: Files a saved checkpoint copies from its source dir when they exist there.
 COPIED_FILES: tuple[str, ...] = (
@@ -426,10 +428,10 @@ def save_hf_checkpoint(
     config["dtype"] = str(dtype).removeprefix("torch.")
     if "torch_dtype" in config:
         config["torch_dtype"] = config["dtype"]
-    shards = _group_shards(list(_export_entries(model, arch)), limit)
+    entries = list(_export_entries(model, arch))
 
     with atomic_dir(out, overwrite=overwrite) as temp:
-        _write_weights(temp, shards)
+        _write_weights(temp, entries, limit)
         write_json(temp / CONFIG_FILE, config)
         if source_dir is not None:
             _copy_files(Path(source_dir), temp, COPIED_FILES)
@@ -523,31 +525,26 @@ def _cat(makers: list[Callable[[], Tensor]]) -> Callable[[], Tensor]:
     return lambda: torch.cat([make() for make in makers], dim=0)
 
 
-def _group_shards(entries: list[_Entry], limit: int) -> list[list[_Entry]]:
-    """Fill shards in order up to `limit` bytes; a tensor bigger than that gets its own."""
-    shards: list[list[_Entry]] = [[]]
-    size = 0
-    for entry in entries:
-        if shards[-1] and size + entry[1] > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(entry)
-        size += entry[1]
-    return shards
+def _write_weights(folder: Path, entries: list[_Entry], limit: int) -> None:
+    """Write the weights as `model.safetensors`, or as shards with an index when they exceed
+    `limit` bytes.
 
-
-def _write_weights(folder: Path, shards: list[list[_Entry]]) -> None:
-    if len(shards) == 1:
-        _write_shard(folder / WEIGHTS_FILE, shards[0])
-        return
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _write_shard(folder / file, shard)
-        weight_map.update((name, file) for name, _, _ in shard)
-    total = sum(size for shard in shards for _, size, _ in shard)
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    write_json(folder / INDEX_FILE, index)
+    huggingface_hub's splitter decides the shards, so file names, order and the index match what
+    transformers' `save_pretrained` writes. Its generic form is used because our tensors are made
+    only when their shard is written: it needs just each entry's size.
+    """
+    by_name = {entry[0]: entry for entry in entries}
+    split = split_state_dict_into_shards_factory(
+        by_name,
+        get_storage_size=lambda entry: entry[1],
+        filename_pattern=_SHARD_PATTERN,
+        max_shard_size=limit,
+    )
+    for file, names in split.filename_to_tensors.items():
+        _write_shard(folder / file, [by_name[name] for name in names])
+    if split.is_sharded:
+        weight_map = dict(sorted(split.tensor_to_filename.items()))
+        write_json(folder / INDEX_FILE, {"metadata": split.metadata, "weight_map": weight_map})
 
 
 def _write_shard(path: Path, shard: list[_Entry]) -> None:
