@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .durable_io import TEMP_PREFIX, fsync_dir, prepare_tensors, write_bytes, write_safetensors
 from .errors import CheckpointError, and_more, one_line
-from .lora import LoRALinear
+from .lora import LoRALinear, dense_weight
 from .models.builtin import BUILTIN_MODELS
 from .models.llama import (
     HF_ARCHITECTURES,
@@ -405,6 +405,7 @@ def save_hf_checkpoint(
     max_shard_size: int | str = "2GB",
     overwrite: bool = False,
     tokenizer: Tokenizer | None = None,
+    merge_lora: bool = True,
 ) -> Path:
     """Write `model` as an HF checkpoint dir that `AutoModelForCausalLM.from_pretrained` loads.
 
@@ -416,6 +417,8 @@ def save_hf_checkpoint(
     `source_dir` when present; `tokenizer` (the one training used) writes its own files over them
     (its `export_files`), so the dir is a complete checkpoint even for a built-in model. A
     non-empty `out_dir` is replaced only with `overwrite=True`. Returns `out_dir`.
+    `merge_lora=False` writes the base model under the adapters instead (quantized base weights
+    dequantized), the base a PEFT adapter of this model loads onto.
     """
     out = Path(out_dir)
     limit = _shard_bytes(max_shard_size)
@@ -428,7 +431,7 @@ def save_hf_checkpoint(
     config["dtype"] = str(dtype).removeprefix("torch.")
     if "torch_dtype" in config:
         config["torch_dtype"] = config["dtype"]
-    entries = list(_export_entries(model, arch))
+    entries = list(_export_entries(model, arch, merge_lora=merge_lora))
 
     with atomic_dir(out, overwrite=overwrite) as temp:
         _write_weights(temp, entries, limit)
@@ -485,9 +488,12 @@ def _check_config_fits(model: Transformer, config: dict[str, Any], where: str) -
 _Entry = tuple[str, int, Callable[[], Tensor]]
 
 
-def _export_entries(model: Transformer, arch: HFArchitecture) -> Iterator[_Entry]:
+def _export_entries(
+    model: Transformer, arch: HFArchitecture, *, merge_lora: bool = True
+) -> Iterator[_Entry]:
     """The checkpoint's tensors in model order, each made only when its shard is written, with
-    LoRA updates merged in and fused architectures' parts concatenated."""
+    LoRA updates merged in (or, with `merge_lora=False`, the dense base weights under them) and
+    fused architectures' parts concatenated."""
     state = model.state_dict(keep_vars=True)
     lora = {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
     done: set[str] = set()
@@ -502,7 +508,9 @@ def _export_entries(model: Transformer, arch: HFArchitecture) -> Iterator[_Entry
         makers = []
         for part in group:
             module = lora.get(part.rpartition(".")[0])
-            if module is not None and leaf == "weight" and not module.merged:
+            if module is not None and leaf == "weight" and not merge_lora:
+                makers.append(_base(module))
+            elif module is not None and leaf == "weight" and not module.merged:
                 makers.append(_merged(module))
             else:
                 makers.append(state[part].detach)
@@ -517,6 +525,18 @@ def _merged(module: LoRALinear) -> Callable[[], Tensor]:
         with torch.no_grad():
             merged = module.weight.float() + module.delta_weight().float()
         return merged.to(module.weight.dtype)
+
+    return make
+
+
+def _base(module: LoRALinear) -> Callable[[], Tensor]:
+    """The frozen base weight under the adapter, dequantized if it is stored in NF4."""
+
+    def make() -> Tensor:
+        if module.merged:
+            raise ValueError("the LoRA layers are merged; unmerge them to export the base model")
+        dtype = module.lora_a.weight.dtype
+        return dense_weight(module.weight.detach()).to(dtype)
 
     return make
 
