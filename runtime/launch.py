@@ -2,7 +2,8 @@
 
 A recipe's `main` is run through `run_main`, which prints a `TunegenError` as `error: ...` and exits
 with status 2 (a traceback only with `--debug` or TUNEGEN_DEBUG=1). Any other exception is a bug and
-keeps its traceback.
+keeps its traceback. Ctrl-C exits 130 and SIGTERM 143 (during training the recipe first saves a
+checkpoint: `runtime.interrupt`); either way the command that resumes the run is printed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from omegaconf import DictConfig
 from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_args
 from tunegen.runtime.config_check import check_config, format_problems
 from tunegen.runtime.errors import ConfigError, TunegenError
+from tunegen.runtime.interrupt import raise_on_sigterm
+from tunegen.runtime.run_config import record_invocation
 
 __all__ = ["EXIT_USER_ERROR", "load_recipe_config", "run_main"]
 
@@ -31,6 +34,7 @@ def load_recipe_config(argv: Sequence[str], *, recipe_file: str | Path) -> DictC
     `recipe_file` never reads, an unknown component argument, a missing file) is reported at once.
     """
     config_path, overrides = parse_recipe_args(argv)
+    record_invocation(_typed_recipe(recipe_file), config_path, overrides)
     cfg = apply_overrides(load_config(config_path), overrides)
     source = Path(recipe_file).read_text(encoding="utf-8")
     problems = check_config(cfg, recipe_source=source)
@@ -44,6 +48,7 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
     argv = list(argv)
     debug = "--debug" in argv or os.environ.get("TUNEGEN_DEBUG", "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    raise_on_sigterm()
     try:
         main(argv)
     except TunegenError as exc:
@@ -51,7 +56,16 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 130))
     sys.exit(0)
+
+
+def _typed_recipe(recipe_file: str | Path) -> str:
+    """The recipe path as the user typed it (`sys.argv[0]`, which `tunegen run` sets), if it
+    names `recipe_file`; else `recipe_file` itself."""
+    typed = sys.argv[0] if sys.argv else ""
+    if typed and Path(typed).resolve() == Path(recipe_file).resolve():
+        return typed
+    return str(recipe_file)
