@@ -216,8 +216,10 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def _is_interpolation(cfg: DictConfig, key: str) -> bool:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    return isinstance(parent, DictConfig) and leaf in parent and OmegaConf.is_interpolation(
-        parent, leaf
+    return (
+        isinstance(parent, DictConfig)
+        and leaf in parent
+        and OmegaConf.is_interpolation(parent, leaf)
     )
 
 
