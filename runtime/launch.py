@@ -9,6 +9,7 @@ checkpoint: `runtime.interrupt`); either way the command that resumes the run is
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
     argv = list(argv)
     debug = "--debug" in argv or os.environ.get("TUNEGEN_DEBUG", "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     raise_on_sigterm()
     try:
         main(argv)
@@ -59,6 +61,9 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 130))
+    finally:  # a recipe called in-process (tests) leaves the caller's handlers as they were
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     sys.exit(0)
 
 
