@@ -290,6 +290,11 @@ class Checkpointer:
         return root in Path(path).resolve().parents
 
     @staticmethod
+    def is_complete(path: str | Path) -> bool:
+        """Whether `path` is a complete checkpoint dir (its marker's files all present, sized)."""
+        return Path(path).is_dir() and _problem(Path(path)) is None
+
+    @staticmethod
     def step_of(path: str | Path | None) -> int:
         """The step a complete checkpoint dir was saved at; 0 for None (a fresh start)."""
         return 0 if path is None else int(_read_marker(Path(path))["step"])
