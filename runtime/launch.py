@@ -21,7 +21,7 @@ from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_ar
 from tunegen.runtime.config_check import check_config, format_problems
 from tunegen.runtime.errors import ConfigError, TunegenError
 from tunegen.runtime.interrupt import raise_on_sigterm
-from tunegen.runtime.run_config import record_invocation
+from tunegen.runtime.run_config import record_invocation, resume_command
 
 __all__ = ["EXIT_USER_ERROR", "load_recipe_config", "run_main"]
 
@@ -59,7 +59,8 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        detail = str(exc) or f"continue with: {resume_command()}"
+        print(f"interrupted: {detail}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 130))
     finally:  # a recipe called in-process (tests) leaves the caller's handlers as they were
         for signum, handler in handlers.items():

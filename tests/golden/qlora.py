@@ -148,7 +148,7 @@ class QLoRAFinetuneRecipe:
         self.metric_logger.log_text(f"resumed from {path} at step {self.global_step}")
 
     def train(self) -> None:
-        """Step the optimizer until `training.epochs` or `training.max_steps` ends."""
+        """Train for `total_steps` steps (`training.max_steps`, else the epochs)."""
         grad_accum = self.cfg.training.grad_accum
         batch_size = self.cfg.dataloader.batch_size
         pad_id = self.tokenizer.pad_id
