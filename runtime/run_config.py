@@ -50,6 +50,11 @@ STRICT_KEYS = (
     "environment.seed",
     "environment.dtype",
 )
+# What an allowed change does to the resumed run, where that is not obvious.
+_NOTES = {
+    "training.max_steps": "the lr schedule spans the new length, continuing from the saved step",
+    "training.lr": "the new peak lr, on the same schedule",
+}
 # Keys that differ on every resume by design.
 _IGNORED_KEYS = ("training.resume",)
 
@@ -115,7 +120,10 @@ class ConfigChange:
         return any(self.key == k or self.key.startswith(f"{k}.") for k in STRICT_KEYS)
 
     def describe(self) -> str:
-        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}"
+        note = _NOTES.get(self.key)
+        return f"{self.key}: {_show(self.old)} -> {_show(self.new)}" + (
+            f" ({note})" if note else ""
+        )
 
 
 def effective_config(cfg: DictConfig) -> dict[str, Any]:

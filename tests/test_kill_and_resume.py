@@ -193,7 +193,7 @@ def test_ctrl_c_or_sigterm_saves_the_step_and_the_printed_command_resumes_exactl
     ) in stderr, stderr
     assert Checkpointer(output_dir=run).latest() == Path(run) / f"step_{step:06d}"  # none lost
 
-    resumed = tunegen(*shlex.split(command)[2:])
+    resumed = tunegen(*shlex.split(command)[1:])  # the words after `tunegen`
     assert resumed.returncode == 0, resumed.stderr
     assert_matches_reference(Path(run))
 

@@ -164,8 +164,9 @@ def test_extending_a_finished_run_reports_changes_and_replaces_its_export(run_co
     assert (
         f"resuming {run}/step_000004 with a changed config:\n"
         "  checkpointer.output_dir: runs/life -> " + str(run) + "\n"
-        "  training.lr: 0.003 -> 0.001\n"
-        "  training.max_steps: 4 -> 6\n"
+        "  training.lr: 0.003 -> 0.001 (the new peak lr, on the same schedule)\n"
+        "  training.max_steps: 4 -> 6 (the lr schedule spans the new length, continuing from"
+        " the saved step)\n"
     ) in result.stdout
     # The export is the adapter of the last checkpoint (step 6), not the stale one of step 4.
     adapter = load_file(run / "peft_adapter/adapter_model.safetensors")

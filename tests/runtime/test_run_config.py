@@ -71,7 +71,7 @@ def test_changes_list_the_key_users_set_not_the_interpolations() -> None:
     changes = config_changes(saved, config("training.batch_size=4", "training.lr=0.0003"))
     assert [c.describe() for c in changes] == [
         "training.batch_size: 8 -> 4",
-        "training.lr: 0.001 -> 0.0003",
+        "training.lr: 0.001 -> 0.0003 (the new peak lr, on the same schedule)",
     ]
     assert [c.strict for c in changes] == [True, False]
 
@@ -85,7 +85,11 @@ def test_allowed_changes_give_one_line_each() -> None:
     saved = effective_config(config())
     changes = config_changes(saved, config("training.max_steps=8", "training.lr=0.01"))
     lines = check_resume_changes(changes, checkpoint=Path("runs/x/step_000004"))
-    assert lines == ["training.lr: 0.001 -> 0.01", "training.max_steps: 4 -> 8"]
+    assert lines == [
+        "training.lr: 0.001 -> 0.01 (the new peak lr, on the same schedule)",
+        "training.max_steps: 4 -> 8 (the lr schedule spans the new length, continuing from the"
+        " saved step)",
+    ]
 
 
 def test_a_strict_change_is_refused_with_the_key_to_set(monkeypatch) -> None:
