@@ -70,7 +70,8 @@ class StopOnSignal:
         """After training: restore the previous handlers; a signal that came during the last
         steps or the final save still stops the run here (its checkpoint is complete)."""
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler not set from Python
+                signal.signal(signum, handler)
         self.check(step)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -64,7 +64,8 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
         sys.exit(getattr(exc, "exit_code", 130))
     finally:  # a recipe called in-process (tests) leaves the caller's handlers as they were
         for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler not set from Python, nothing to restore
+                signal.signal(signum, handler)
     sys.exit(0)
 
 
