@@ -513,7 +513,7 @@ def _export_entries(
             elif module is not None and leaf == "weight" and not module.merged:
                 makers.append(_merged(module))
             else:
-                makers.append(state[part].detach)
+                makers.append(_dense(state[part]))
         size = sum(state[part].numel() * state[part].element_size() for part in group)
         yield key, size, makers[0] if len(makers) == 1 else _cat(makers)
 
@@ -527,6 +527,11 @@ def _merged(module: LoRALinear) -> Callable[[], Tensor]:
         return merged.to(module.weight.dtype)
 
     return make
+
+
+def _dense(tensor: Tensor) -> Callable[[], Tensor]:
+    """The tensor as stored, a quantized (NF4) base weight dequantized."""
+    return lambda: dense_weight(tensor.detach())
 
 
 def _base(module: LoRALinear) -> Callable[[], Tensor]:
