@@ -27,6 +27,7 @@ FROM_IMPORTS = {
     "partial": "functools",
     "DictConfig": "omegaconf",
     "DataLoader": "torch.utils.data",
+    "load_training_state": "tunegen.runtime.checkpointing",
     "load_weights_into": "tunegen.runtime.checkpointing",
     "instantiate": "tunegen.runtime.config",
     "ResumableSampler": "tunegen.runtime.data",
@@ -43,6 +44,7 @@ FROM_IMPORTS = {
     "exact_match_accuracy": "tunegen.runtime.evaluation",
     "scale_grads": "tunegen.runtime.gradients",
     "save_hf_checkpoint": "tunegen.runtime.hf_checkpoint",
+    "StopOnSignal": "tunegen.runtime.interrupt",
     "load_recipe_config": "tunegen.runtime.launch",
     "run_main": "tunegen.runtime.launch",
     "apply_lora": "tunegen.runtime.lora",
@@ -50,12 +52,15 @@ FROM_IMPORTS = {
     "lora_state_dict": "tunegen.runtime.lora",
     "mark_only_lora_trainable": "tunegen.runtime.lora",
     "enable_activation_checkpointing": "tunegen.runtime.memory",
+    "real_token_count": "tunegen.runtime.metric_logging",
+    "throughput": "tunegen.runtime.metric_logging",
     "NonFiniteStepSkipper": "tunegen.runtime.numerics",
     "check_finite_loss": "tunegen.runtime.numerics",
     "save_peft_adapter": "tunegen.runtime.peft_export",
     "Profiler": "tunegen.runtime.profiling",
     "dequantize_base_weights": "tunegen.runtime.quantization",
     "quantize_base_weights": "tunegen.runtime.quantization",
+    "RunLength": "tunegen.runtime.run_config",
 }
 
 # Names every module has without importing them.

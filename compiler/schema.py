@@ -194,9 +194,11 @@ class KdSpec(_Section):
 class TrainingSpec(_Section):
     """The optimisation loop."""
 
-    epochs: int = option(1, "passes over the training data", ge=1)
+    epochs: int = option(1, "passes over the training data (when max_steps is null)", ge=1)
     max_steps: int | None = option(
-        None, "stop after this many optimizer steps (null: no limit)", ge=1
+        None,
+        "the run's length in optimizer steps, epochs then follow (null: training.epochs decides)",
+        ge=1,
     )
     batch_size: int = option(4, "samples per micro-batch", ge=1)
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step", ge=1)

@@ -5,6 +5,7 @@ Layout of a run's `output_dir`::
     step_000030/
         model.safetensors      weights (or adapter.safetensors for a LoRA run)
         recipe_state.pt        optional: optimizer, scheduler, RNG and data-loader state
+        config.yaml            optional: the run's effective config (see `check_resume`)
         checkpoint.json        written last: step, file names and sizes, format version
 
 A save writes everything into a hidden temp dir (`.tmp-step_000030-<pid>`), fsyncs each file and the
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from .durable_io import (
@@ -43,14 +46,22 @@ from .durable_io import (
     write_safetensors,
 )
 from .errors import CheckpointError, ConfigError, and_more, one_line
+from .run_config import check_resume_changes, config_changes, config_source, effective_config
 
-__all__ = ["FORMAT_VERSION", "Checkpointer", "load_weights_into", "read_safetensors"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpointer",
+    "load_training_state",
+    "load_weights_into",
+    "read_safetensors",
+]
 
 FORMAT_VERSION = 1
 """Version of the step-dir layout and `checkpoint.json` fields; bumped on incompatible changes."""
 
 _MARKER = "checkpoint.json"
 _RECIPE_STATE = "recipe_state.pt"
+_CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"step_(\d+)")
 _OVERHEAD_BYTES = 1 << 20  # headers, pickle framing and the marker, generously
 
@@ -67,10 +78,12 @@ class Checkpointer:
             isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
         ):
             raise ConfigError(
-                f"checkpoint.keep_last: must be a positive integer or null, got {keep_last!r}"
+                f"checkpointer.keep_last: must be a positive integer or null, got {keep_last!r}"
             )
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
+        self._config: dict[str, Any] | None = None  # written into each checkpoint
+        self._exports: list[Path] = []  # this run's export dirs, stale after a new checkpoint
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -105,7 +118,7 @@ class Checkpointer:
                 )
             raise CheckpointError(
                 f"{final} exists but is not a complete checkpoint; remove it or choose another"
-                " checkpoint.output_dir"
+                " checkpointer.output_dir"
             )
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +133,9 @@ class Checkpointer:
             del weights  # drop CPU copies of GPU tensors before pickling the optimizer state
             if recipe_state is not None:
                 files[_RECIPE_STATE] = _write_torch(recipe_state, temp / _RECIPE_STATE)
+            if self._config is not None:
+                text = yaml.safe_dump(self._config, sort_keys=False)
+                files[_CONFIG] = write_bytes(temp / _CONFIG, text.encode())
             marker = {"format_version": FORMAT_VERSION, "step": step, "files": files}
             write_bytes(temp / _MARKER, (json.dumps(marker, indent=2) + "\n").encode())
             fsync_dir(temp)
@@ -129,7 +145,17 @@ class Checkpointer:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         self._prune(keep=final)
+        self._remove_stale_exports()
         return final
+
+    def _remove_stale_exports(self) -> None:
+        """A new checkpoint makes this run's earlier exports stale: remove them (export writes
+        them again), so no export on disk is older than the latest checkpoint."""
+        for path in self._exports:
+            if path.exists():
+                doomed = path.parent / f"{TEMP_PREFIX}delete-{path.name}-{os.getpid()}"
+                os.rename(path, doomed)
+                shutil.rmtree(doomed)
 
     def _check_disk_space(self, final: Path, needed: int) -> None:
         free = shutil.disk_usage(self.output_dir).free
@@ -177,7 +203,7 @@ class Checkpointer:
         return complete[-1][1] if complete else None
 
     def resume_from(self, resume: bool | str | None) -> Path | None:
-        """Apply the `checkpoint.resume` setting and return the checkpoint to load, if any.
+        """Apply the `training.resume` setting and return the checkpoint to load, if any.
 
         None/False: start fresh, but refuse if `output_dir` already holds a run's checkpoints (we
         never overwrite them unasked). "auto": the latest checkpoint, or None for a fresh start.
@@ -189,8 +215,8 @@ class Checkpointer:
             if latest is not None:
                 raise CheckpointError(
                     f"{self.output_dir} already holds checkpoints (latest {latest.name}); set"
-                    " checkpoint.resume=auto to continue that run, or choose another"
-                    " checkpoint.output_dir"
+                    " training.resume=auto to continue that run, or choose another"
+                    " checkpointer.output_dir"
                 )
             return None
         if resume == "auto":
@@ -199,23 +225,79 @@ class Checkpointer:
             latest = self.latest()
             if latest is None:
                 raise CheckpointError(
-                    f"checkpoint.resume=true but {self.output_dir} holds no complete checkpoint"
+                    f"training.resume=true but {self.output_dir} holds no complete checkpoint"
                 )
             return latest
         if not isinstance(resume, str) or not resume:
             raise ConfigError(
-                f"checkpoint.resume: expected true, false, null, 'auto' or a checkpoint path,"
+                f"training.resume: expected true, false, null, 'auto' or a checkpoint path,"
                 f" got {resume!r}"
             )
         path = Path(resume)
         if not path.exists() and not path.is_absolute() and (self.output_dir / path).exists():
             path = self.output_dir / path
         if not path.is_dir():
-            raise CheckpointError(f"checkpoint.resume: {resume} is not a checkpoint directory")
+            raise CheckpointError(f"training.resume: {resume} is not a checkpoint directory")
         problem = _problem(path)
         if problem is not None:
-            raise CheckpointError(f"checkpoint.resume: {path} is incomplete: {problem}")
+            raise CheckpointError(f"training.resume: {path} is incomplete: {problem}")
         return path
+
+    def check_resume(
+        self, resume: bool | str | None, *, config: DictConfig | None = None
+    ) -> Path | None:
+        """`resume_from(resume)` plus everything else a run can check before building a model.
+
+        With the run's `config`: export dirs (`export.output_dir`, `export.merged_output_dir`)
+        outside `output_dir` that already hold files are refused (those inside it belong to this
+        run: a new checkpoint removes them and the export writes them again); when resuming, the
+        keys that differ from the config stored in the checkpoint are printed one per line, and
+        changes that would break exact resume are refused (`run_config.check_resume_changes`).
+        From then on every save stores `config` as `config.yaml`.
+        """
+        path = self.resume_from(resume)
+        if config is None:
+            return path
+        self._check_exports(config)
+        if path is not None and (path / _CONFIG).is_file():
+            saved = yaml.safe_load((path / _CONFIG).read_text(encoding="utf-8"))
+            lines = check_resume_changes(config_changes(saved, config), path)
+            if lines:
+                print(f"resuming {path} with a changed config:", flush=True)
+                for line in lines:
+                    print(f"  {line}", flush=True)
+        self._config = effective_config(config)
+        return path
+
+    def _check_exports(self, config: DictConfig) -> None:
+        export = config.get("export")
+        for key in ("output_dir", "merged_output_dir"):
+            if not isinstance(export, DictConfig) or export.get(key) is None:
+                continue
+            path = Path(export[key])
+            if self.owns(path):
+                self._exports.append(path)
+            elif path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise ConfigError(
+                    f"{config_source()}export.{key}: {path} already exists and is not inside"
+                    f" this run's checkpointer.output_dir ({self.output_dir}); remove it or"
+                    f" choose another export.{key}"
+                )
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether `path` lies inside `output_dir` (and so belongs to this run)."""
+        root = self.output_dir.resolve()
+        return root in Path(path).resolve().parents
+
+    @staticmethod
+    def is_complete(path: str | Path) -> bool:
+        """Whether `path` is a complete checkpoint dir (its marker's files all present, sized)."""
+        return Path(path).is_dir() and _problem(Path(path)) is None
+
+    @staticmethod
+    def step_of(path: str | Path | None) -> int:
+        """The step a complete checkpoint dir was saved at; 0 for None (a fresh start)."""
+        return 0 if path is None else int(_read_marker(Path(path))["step"])
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -249,6 +331,38 @@ class Checkpointer:
                     f"{path / _RECIPE_STATE} cannot be loaded safely: {one_line(error)}"
                 ) from None
         return tensors, recipe_state
+
+
+def load_training_state(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    recipe_state: Mapping[str, Any],
+) -> None:
+    """Load the optimizer and lr scheduler state of a checkpoint, keeping the current config's
+    hyperparameters.
+
+    The optimizer's moments and the scheduler's step come from the checkpoint; the peak lr,
+    weight decay and the schedule's length are the ones the optimizer and scheduler were built
+    with now (a resume with `training.lr` or `training.max_steps` changed uses the new values:
+    the schedule continues at the saved step as if the run had been started with them). With an
+    unchanged config this is exactly the saved state.
+    """
+    hyper = [
+        {key: value for key, value in group.items() if key != "params"}
+        for group in optimizer.param_groups
+    ]
+    base_lrs = list(lr_scheduler.base_lrs)
+    optimizer.load_state_dict(recipe_state["optimizer"])
+    lr_scheduler.load_state_dict(recipe_state["lr_scheduler"])
+    lr_scheduler.base_lrs = base_lrs
+    for group, values in zip(optimizer.param_groups, hyper, strict=True):
+        group.update(values)
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if lambdas is not None:  # the lr of the saved step under the current schedule
+        step = lr_scheduler.last_epoch
+        for group, base, factor in zip(optimizer.param_groups, base_lrs, lambdas, strict=True):
+            group["lr"] = base * factor(step)
+        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def load_weights_into(

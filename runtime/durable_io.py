@@ -58,11 +58,21 @@ def write_safetensors(tensors: dict[str, Tensor], path: Path) -> int:
     """Write `tensors` (as `prepare_tensors` returns them) to `path` and fsync it; return its size.
 
     The size is what a completeness marker records, so a later reader can spot a truncated copy.
+    safetensors writes through a private temp file (mode 0600); the file gets the mode any file
+    the user creates gets (0666 less the umask), like the JSON files written beside it.
     """
     save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
     with open(path, "rb+") as file:
         os.fsync(file.fileno())
     return path.stat().st_size
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub import split_state_dict_into_shards_factory
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .durable_io import TEMP_PREFIX, fsync_dir, prepare_tensors, write_bytes, write_safetensors
 from .errors import CheckpointError, and_more, one_line
-from .lora import LoRALinear
+from .lora import LoRALinear, dense_weight
 from .models.builtin import BUILTIN_MODELS
 from .models.llama import (
     HF_ARCHITECTURES,
@@ -65,6 +66,7 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+_SHARD_PATTERN = "model{suffix}.safetensors"  # transformers' names: model-00001-of-00002...
 
 #: Files a saved checkpoint copies from its source dir when they exist there.
 COPIED_FILES: tuple[str, ...] = (
@@ -403,6 +405,7 @@ def save_hf_checkpoint(
     max_shard_size: int | str = "2GB",
     overwrite: bool = False,
     tokenizer: Tokenizer | None = None,
+    merge_lora: bool = True,
 ) -> Path:
     """Write `model` as an HF checkpoint dir that `AutoModelForCausalLM.from_pretrained` loads.
 
@@ -414,6 +417,8 @@ def save_hf_checkpoint(
     `source_dir` when present; `tokenizer` (the one training used) writes its own files over them
     (its `export_files`), so the dir is a complete checkpoint even for a built-in model. A
     non-empty `out_dir` is replaced only with `overwrite=True`. Returns `out_dir`.
+    `merge_lora=False` writes the base model under the adapters instead (quantized base weights
+    dequantized), the base a PEFT adapter of this model loads onto.
     """
     out = Path(out_dir)
     limit = _shard_bytes(max_shard_size)
@@ -426,10 +431,10 @@ def save_hf_checkpoint(
     config["dtype"] = str(dtype).removeprefix("torch.")
     if "torch_dtype" in config:
         config["torch_dtype"] = config["dtype"]
-    shards = _group_shards(list(_export_entries(model, arch)), limit)
+    entries = list(_export_entries(model, arch, merge_lora=merge_lora))
 
     with atomic_dir(out, overwrite=overwrite) as temp:
-        _write_weights(temp, shards)
+        _write_weights(temp, entries, limit)
         write_json(temp / CONFIG_FILE, config)
         if source_dir is not None:
             _copy_files(Path(source_dir), temp, COPIED_FILES)
@@ -483,9 +488,12 @@ def _check_config_fits(model: Transformer, config: dict[str, Any], where: str) -
 _Entry = tuple[str, int, Callable[[], Tensor]]
 
 
-def _export_entries(model: Transformer, arch: HFArchitecture) -> Iterator[_Entry]:
+def _export_entries(
+    model: Transformer, arch: HFArchitecture, *, merge_lora: bool = True
+) -> Iterator[_Entry]:
     """The checkpoint's tensors in model order, each made only when its shard is written, with
-    LoRA updates merged in and fused architectures' parts concatenated."""
+    LoRA updates merged in (or, with `merge_lora=False`, the dense base weights under them) and
+    fused architectures' parts concatenated."""
     state = model.state_dict(keep_vars=True)
     lora = {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
     done: set[str] = set()
@@ -500,10 +508,12 @@ def _export_entries(model: Transformer, arch: HFArchitecture) -> Iterator[_Entry
         makers = []
         for part in group:
             module = lora.get(part.rpartition(".")[0])
-            if module is not None and leaf == "weight" and not module.merged:
+            if module is not None and leaf == "weight" and not merge_lora:
+                makers.append(_base(module))
+            elif module is not None and leaf == "weight" and not module.merged:
                 makers.append(_merged(module))
             else:
-                makers.append(state[part].detach)
+                makers.append(_dense(state[part]))
         size = sum(state[part].numel() * state[part].element_size() for part in group)
         yield key, size, makers[0] if len(makers) == 1 else _cat(makers)
 
@@ -519,35 +529,47 @@ def _merged(module: LoRALinear) -> Callable[[], Tensor]:
     return make
 
 
+def _dense(tensor: Tensor) -> Callable[[], Tensor]:
+    """The tensor as stored, a quantized (NF4) base weight dequantized."""
+    return lambda: dense_weight(tensor.detach())
+
+
+def _base(module: LoRALinear) -> Callable[[], Tensor]:
+    """The frozen base weight under the adapter, dequantized if it is stored in NF4."""
+
+    def make() -> Tensor:
+        if module.merged:
+            raise ValueError("the LoRA layers are merged; unmerge them to export the base model")
+        dtype = module.lora_a.weight.dtype
+        return dense_weight(module.weight.detach()).to(dtype)
+
+    return make
+
+
 def _cat(makers: list[Callable[[], Tensor]]) -> Callable[[], Tensor]:
     return lambda: torch.cat([make() for make in makers], dim=0)
 
 
-def _group_shards(entries: list[_Entry], limit: int) -> list[list[_Entry]]:
-    """Fill shards in order up to `limit` bytes; a tensor bigger than that gets its own."""
-    shards: list[list[_Entry]] = [[]]
-    size = 0
-    for entry in entries:
-        if shards[-1] and size + entry[1] > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(entry)
-        size += entry[1]
-    return shards
+def _write_weights(folder: Path, entries: list[_Entry], limit: int) -> None:
+    """Write the weights as `model.safetensors`, or as shards with an index when they exceed
+    `limit` bytes.
 
-
-def _write_weights(folder: Path, shards: list[list[_Entry]]) -> None:
-    if len(shards) == 1:
-        _write_shard(folder / WEIGHTS_FILE, shards[0])
-        return
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _write_shard(folder / file, shard)
-        weight_map.update((name, file) for name, _, _ in shard)
-    total = sum(size for shard in shards for _, size, _ in shard)
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    write_json(folder / INDEX_FILE, index)
+    huggingface_hub's splitter decides the shards, so file names, order and the index match what
+    transformers' `save_pretrained` writes. Its generic form is used because our tensors are made
+    only when their shard is written: it needs just each entry's size.
+    """
+    by_name = {entry[0]: entry for entry in entries}
+    split = split_state_dict_into_shards_factory(
+        by_name,
+        get_storage_size=lambda entry: entry[1],
+        filename_pattern=_SHARD_PATTERN,
+        max_shard_size=limit,
+    )
+    for file, names in split.filename_to_tensors.items():
+        _write_shard(folder / file, [by_name[name] for name in names])
+    if split.is_sharded:
+        weight_map = dict(sorted(split.tensor_to_filename.items()))
+        write_json(folder / INDEX_FILE, {"metadata": split.metadata, "weight_map": weight_map})
 
 
 def _write_shard(path: Path, shard: list[_Entry]) -> None:

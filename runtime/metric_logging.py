@@ -1,18 +1,30 @@
 """Training metrics: one JSON line per logged step in a file, one compact line on stdout.
 
-The JSONL file is appended to (never truncated), so a resumed run continues the log of the run it
-resumes, and it is flushed on every call, so a killed run keeps everything it logged. Plain JSON
-lines need no extra dependency and load with `pandas.read_json(path, lines=True)` or `jq`.
+The JSONL file is appended to, so a resumed run continues the log of the run it resumes, and it is
+flushed on every call, so a killed run keeps everything it logged. A run calls `start_at(step)`
+before training: records of steps after `step` (logged by a killed run after its last checkpoint,
+and about to be trained again) are dropped, and a resume is marked with `{"event": "resume",
+"step": N}`, so no step is ever logged twice. Plain JSON lines need no extra dependency and load
+with `pandas.read_json(path, lines=True)` or `jq`.
+
+`real_token_count` and `throughput` give the tokens/s a step reports: real (non-padding) input
+tokens, and the tokens that carry loss where those differ.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["MetricLogger"]
+import torch
+from torch import Tensor
+
+from .data.collate import IGNORE_INDEX
+
+__all__ = ["MetricLogger", "real_token_count", "throughput"]
 
 
 class MetricLogger:
@@ -44,6 +56,22 @@ class MetricLogger:
             parts += [f"{name} {_format(value)}" for name, value in values.items()]
             print(" | ".join(parts), flush=True)
 
+    def start_at(self, step: int) -> None:
+        """Continue the log at `step` (0: a fresh start): drop records of later steps, rewriting
+        the file atomically, and mark a resume (step > 0) with `{"event": "resume", "step": N}`.
+        """
+        self._file.close()
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _record_step(line) <= step]
+        if len(kept) != len(lines):
+            temp = self.path.with_name(f".{self.path.name}.tmp")
+            temp.write_text("".join(kept), encoding="utf-8")
+            os.replace(temp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if step > 0:
+            self._file.write(json.dumps({"event": "resume", "step": step}) + "\n")
+            self._file.flush()
+
     def log_text(self, text: str) -> None:
         """Print a free-form line (e.g. "resumed from step_000030"); it is not written to the JSONL."""
         if self.stdout:
@@ -52,6 +80,32 @@ class MetricLogger:
     def close(self) -> None:
         """Close the file. Safe to call twice."""
         self._file.close()
+
+
+def real_token_count(tokens: Tensor, labels: Tensor, *, pad_id: int) -> int:
+    """Input tokens of a right-padded batch that are not padding: each row up to its last
+    position holding a non-pad token or a label (a final eos equal to the pad id carries loss)."""
+    real = (tokens != pad_id) | (labels != IGNORE_INDEX)  # (B, T)
+    positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)  # (T,)
+    return int((real * positions).amax(dim=1).sum())
+
+
+def throughput(*, inputs: int, seconds: float, loss_tokens: int | None = None) -> dict[str, int]:
+    """`tokens_per_s` (real input tokens) and, where it differs, `loss_tokens_per_s`."""
+    rates = {"tokens_per_s": round(inputs / seconds)}
+    if loss_tokens is not None and loss_tokens != inputs:
+        rates["loss_tokens_per_s"] = round(loss_tokens / seconds)
+    return rates
+
+
+def _record_step(line: str) -> int:
+    """The step of a JSONL line (a metrics record or an event); -1 for anything else (kept)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return -1
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else -1
 
 
 def _number(value: object) -> float:

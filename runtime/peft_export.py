@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .config import expand_home
 from .durable_io import prepare_tensors, read_safetensors, write_safetensors
 from .errors import CheckpointError
 from .hf_checkpoint import (
@@ -35,15 +36,25 @@ from .hf_checkpoint import (
     hf_config_for,
     model_kwargs_from_hf_config,
     read_json,
+    save_hf_checkpoint,
     write_json,
 )
 from .lora import LoRALinear, dense_weight
+from .models.builtin import BUILTIN_MODELS
 from .models.llama import HF_ARCHITECTURES, HFArchitecture, Transformer
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "load_peft_adapter", "save_peft_adapter"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "BASE_MODEL_DIR",
+    "load_peft_adapter",
+    "save_peft_adapter",
+]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_MODEL_DIR = "base_model"
+"""Where an adapter of a built-in model keeps that model as an HF checkpoint, for peft to load."""
 
 _PREFIX = "base_model.model."
 _MAGNITUDE = "lora_magnitude_vector"  # PEFT's saved name of a DoRA magnitude (no `.weight`)
@@ -71,9 +82,13 @@ class _Adapter(NamedTuple):
 def save_peft_adapter(
     model: Transformer, out_dir: str | Path, *, base_model: str, overwrite: bool = False
 ) -> Path:
-    """Write the model's LoRA layers as a PEFT adapter for `base_model` (a hub name or path,
-    recorded as `base_model_name_or_path`). Returns `out_dir`; a non-empty one is replaced only
-    with `overwrite=True`. The model is not modified.
+    """Write the model's LoRA layers as a PEFT adapter for `base_model`. Returns `out_dir`; a
+    non-empty one is replaced only with `overwrite=True`. The model is not modified.
+
+    `base_model_name_or_path` is what `AutoPeftModelForCausalLM.from_pretrained(out_dir)` loads,
+    from whatever the current dir then is: a local checkpoint dir is recorded as an absolute path,
+    a built-in model (`tiny`) is written as an HF checkpoint into `out_dir/base_model/` (its base
+    weights, adapters not merged) and that absolute path recorded, a hub name is kept as given.
     """
     lora = {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
     if not lora:
@@ -115,10 +130,24 @@ def save_peft_adapter(
         if adapter.magnitude is not None:
             tensors[f"{_PREFIX}{path}.{_MAGNITUDE}"] = adapter.magnitude
     out = Path(out_dir)
+    builtin = base_model in BUILTIN_MODELS
+    config["base_model_name_or_path"] = _base_reference(base_model, out)
     with atomic_dir(out, overwrite=overwrite) as temp:
         write_safetensors(prepare_tensors(tensors), temp / ADAPTER_WEIGHTS)
         write_json(temp / ADAPTER_CONFIG, config)
+        if builtin:
+            save_hf_checkpoint(model, temp / BASE_MODEL_DIR, merge_lora=False)
     return out
+
+
+def _base_reference(base_model: str, out: Path) -> str:
+    """`base_model_name_or_path` for an adapter written to `out` (see `save_peft_adapter`)."""
+    if base_model in BUILTIN_MODELS:
+        return str(out.resolve() / BASE_MODEL_DIR)
+    local = expand_home(base_model)
+    if local.is_dir():
+        return str(local.resolve())
+    return base_model
 
 
 def load_peft_adapter(model: Transformer, adapter_dir: str | Path) -> list[str]:

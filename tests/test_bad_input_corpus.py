@@ -150,6 +150,11 @@ def _wrong_architecture(workdir: Path) -> None:
     (ckpt / "config.json").write_text(json.dumps(config))
 
 
+def _trained_recipe(workdir: Path) -> None:
+    _good_recipe(workdir)
+    _call(_compiled())
+
+
 def _broken_resume(workdir: Path) -> None:
     _good_recipe(workdir)
     _call(_compiled("training.max_steps=1"))
@@ -578,7 +583,7 @@ CASES: dict[str, Case] = {
     "checkpoint_corrupt_resume_state": Case(
         "checkpoint",
         {},
-        _compiled("training.resume=auto", "training.max_steps=2"),
+        _compiled("training.resume=auto", "training.max_steps=1"),
         "not a complete checkpoint",
         _broken_resume,
     ),
@@ -591,6 +596,20 @@ CASES: dict[str, Case] = {
     ),
     "checkpoint_resume_dir_missing": Case(
         "checkpoint", {}, _compiled("training.resume=runs/none"), "runs/none", _good_recipe
+    ),
+    "checkpoint_resume_with_another_batch_size": Case(
+        "checkpoint",
+        {},
+        _compiled("training.resume=auto", "training.batch_size=2"),
+        "set training.batch_size=1 to resume it",
+        _trained_recipe,
+    ),
+    "checkpoint_export_dir_of_another_run": Case(
+        "checkpoint",
+        {"elsewhere/config.json": "{}"},
+        _compiled("export.output_dir=elsewhere"),
+        "export.output_dir: elsewhere already exists",
+        _good_recipe,
     ),
     # -- tokenizers -------------------------------------------------------------------------------
     "tokenizer_missing_file": Case(

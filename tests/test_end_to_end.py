@@ -55,6 +55,7 @@ def test_lora_trains_30_steps_with_falling_loss_and_adapter_checkpoint(demo_work
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         "adapter.safetensors",
         "checkpoint.json",
+        "config.yaml",
         "recipe_state.pt",
     ]
     adapter = load_file(checkpoint / "adapter.safetensors")

@@ -1,8 +1,9 @@
-"""SIGKILL at any point: the last complete checkpoint survives, and resuming from it is exact.
+"""Killed or interrupted at any point: no checkpoint is half written, and resuming is exact.
 
 The first test kills a process inside `Checkpointer.save` at each of its durable steps (every
-fsync, the rename); the second kills a real training run at a random moment (possibly mid-save)
-and resumes it with `training.resume=auto`. The long version, with many kills over thousands of
+fsync, the rename); the others stop a real training run at a random moment (before the first
+checkpoint, mid-step, possibly mid-save) with SIGKILL, SIGINT or SIGTERM and resume it with
+`training.resume=auto` (after a signal, with the exact command the run printed). The long version, with many kills over thousands of
 steps, is `bench/soak_resume.py`.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,50 +100,122 @@ logging: {every_n_steps: 1}
 """
 
 
-def start(output_dir: str, *extra: str) -> subprocess.Popen:
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dir with the compiled `killed` recipe and its uninterrupted reference run."""
+    root = tmp_path_factory.mktemp("killed")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "specs" / "data", root / "data")
+    (root / "spec.yaml").write_text(SPEC)
+    assert tunegen("new", "--spec", "spec.yaml", cwd=root).returncode == 0
+    reference = start("runs/reference", cwd=root)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+    return root
+
+
+def start(output_dir: str, *extra: str, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             *(sys.executable, "generated/killed.py", "--config", "generated/killed.yaml"),
             *(f"checkpointer.output_dir={output_dir}", *extra),
         ],
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
+def wait_for_steps(path: Path, steps: int, process: subprocess.Popen) -> None:
+    """Block until the metrics file at `path` holds `steps` step records."""
+    while not path.exists() or len(losses(path)) < steps:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+
+
+def assert_matches_reference(run: Path) -> None:
+    """Every step of `run` was logged exactly once with the reference loss, and the final
+    adapters are bit-identical; no step dir is incomplete and no temp dir is left."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in records if "loss" in row]
+    assert steps == list(range(1, 81)), steps
+    expected = losses(Path("runs/reference/metrics.jsonl"))
+    assert all(row["loss"] == expected[row["step"]] for row in records if "loss" in row)
+    final_a = load_file("runs/reference/step_000080/adapter.safetensors")
+    final_b = load_file(run / "step_000080" / "adapter.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    complete = {path.name for path in run.glob("step_*") if Checkpointer.is_complete(path)}
+    assert complete == {path.name for path in run.glob("step_*")}
+    assert not list(run.glob(".tmp-*"))
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_mid_training_then_resume_auto_gives_identical_losses_and_weights(
-    demo_workdir: Path, seed: int
+    project: Path, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Path("spec.yaml").write_text(SPEC)
-    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
-    reference = start("runs/reference")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()
-
+    monkeypatch.chdir(project)
+    run = Path(f"runs/sigkill_{seed}")
     # Kill the run at a random moment after its first checkpoint: maybe mid-step, maybe mid-save.
-    victim = start("runs/victim")
-    while not (Path("runs/victim/step_000005") / "checkpoint.json").exists():
+    victim = start(str(run))
+    while not (run / "step_000005" / "checkpoint.json").exists():
         assert victim.poll() is None, victim.stderr.read()
         time.sleep(0.05)
     time.sleep(random.Random(seed).uniform(0.0, 1.0))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    done_before = losses(Path("runs/victim/metrics.jsonl"))
-    assert len(done_before) < 80  # it really was interrupted
+    assert len(losses(run / "metrics.jsonl")) < 80  # it really was interrupted
 
-    resumed = start("runs/victim", "training.resume=auto")
+    resumed = start(str(run), "training.resume=auto")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    expected = losses(Path("runs/reference/metrics.jsonl"))
-    # Steps replayed after the kill are logged twice; every logged value equals the reference.
-    for line in Path("runs/victim/metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "loss" in row:
-            assert row["loss"] == expected[row["step"]], row
-    final_a = load_file("runs/reference/step_000080/adapter.safetensors")
-    final_b = load_file("runs/victim/step_000080/adapter.safetensors")
-    assert final_a.keys() == final_b.keys()
-    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # The steps replayed after the kill replace those the killed run logged after its checkpoint.
+    assert_matches_reference(run)
+    assert '{"event": "resume", "step": ' in (run / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("signum", "seed"), [(signal.SIGINT, 0), (signal.SIGTERM, 1), (signal.SIGINT, 2)]
+)
+def test_ctrl_c_or_sigterm_saves_the_step_and_the_printed_command_resumes_exactly(
+    project: Path, signum: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)
+    rng = random.Random(seed)
+    run = f"runs/signal_{seed}"
+    victim = start(run)
+    # Anywhere from before the first checkpoint (step 5) to mid-save of a later one.
+    wait_for_steps(Path(run) / "metrics.jsonl", rng.randint(1, 12), victim)
+    time.sleep(rng.uniform(0.0, 0.2))
+    victim.send_signal(signum)
+    assert victim.wait(timeout=600) == 128 + signum
+    stderr = victim.stderr.read()
+    step = len(losses(Path(run) / "metrics.jsonl"))
+    command = f"tunegen run generated/killed.py checkpointer.output_dir={run} training.resume=auto"
+    assert (
+        f"interrupted at step {step}; checkpoint saved to {run}/step_{step:06d}; resume with:"
+        f" {command}"
+    ) in stderr, stderr
+    assert Checkpointer(output_dir=run).latest() == Path(run) / f"step_{step:06d}"  # none lost
+
+    resumed = tunegen(*shlex.split(command)[1:])  # the words after `tunegen`
+    assert resumed.returncode == 0, resumed.stderr
+    assert_matches_reference(Path(run))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_no_half_written_checkpoint(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)
+    run = "runs/twice"
+    victim = start(run)
+    wait_for_steps(Path(run) / "metrics.jsonl", 7, victim)
+    victim.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    victim.send_signal(signal.SIGINT)
+    assert victim.wait(timeout=600) == 130
+    assert "stopped at once" in victim.stderr.read()
+    resumed = start(run, "training.resume=auto")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert_matches_reference(Path(run))
 
 
 def test_soak_script_is_runnable(tmp_path: Path) -> None:

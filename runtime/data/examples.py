@@ -87,9 +87,8 @@ class TruncatedRecords(Dataset):
         raise DataError(
             f"data file '{source}': {self.num_dropped:,} of {records:,} records "
             f"({self.num_dropped / records:.1%}) train nothing and would be dropped, more than "
-            f"max_dropped_fraction={self.max_dropped_fraction:g} allows (set "
-            "dataset.max_dropped_fraction in the config, data.max_dropped_fraction in a spec):\n"
-            + self._dropped_lines(source)
+            f"max_dropped_fraction={self.max_dropped_fraction:g} allows (raise "
+            "dataset.max_dropped_fraction to accept it):\n" + self._dropped_lines(source)
         )
 
     def _dropped_lines(self, source: str) -> str:

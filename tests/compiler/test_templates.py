@@ -76,7 +76,7 @@ def test_a_feature_added_in_one_part_reaches_its_hooks_in_every_objective(compil
     counted = train.index("self.tokens_seen += num_inputs")
     assert train.index("metrics = {") < counted < train.index("self.optimizer.step()")
     logged = train.index("tokens_seen=self.tokens_seen,")
-    assert train.index("self._log_step(") < logged < train.index("tokens_per_s=")
+    assert train.index("self._log_step(") < logged < train.index("**throughput(")
     save = _function(recipe, "save_checkpoint")
     assert save.index('"rng": rng_state(),') < save.index('"tokens_seen": self.tokens_seen,')
     load = _function(recipe, "load_checkpoint")

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tunegen.runtime.checkpointing import load_weights_into
+from tunegen.runtime.checkpointing import load_training_state, load_weights_into
 from tunegen.runtime.config import instantiate
 from tunegen.runtime.data import ResumableSampler, padded_collate
 from tunegen.runtime.environment import (
@@ -26,8 +26,11 @@ from tunegen.runtime.environment import (
 from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.gradients import scale_grads
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
+from tunegen.runtime.interrupt import StopOnSignal
 from tunegen.runtime.launch import load_recipe_config, run_main
+from tunegen.runtime.metric_logging import real_token_count, throughput
 from tunegen.runtime.numerics import check_finite_loss
+from tunegen.runtime.run_config import RunLength
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -51,6 +54,11 @@ class FullKDRecipe:
     def setup(self) -> None:
         self.metric_logger = instantiate(self.cfg.logging.metric_logger)
         self.checkpointer = instantiate(self.cfg.checkpointer)
+        # Settle resuming (refusing a wrong setting) before anything slow is built.
+        self.resume_path = self.checkpointer.check_resume(
+            self.cfg.training.resume, config=self.cfg
+        )
+        self.metric_logger.start_at(self.checkpointer.step_of(self.resume_path))
         self.tokenizer = instantiate(self.cfg.tokenizer)
         # Data first: a bad record should stop the run before any weights are built.
         self.dataloader = self._setup_data()
@@ -105,9 +113,16 @@ class FullKDRecipe:
 
     def _setup_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         training = self.cfg.training
-        self.total_steps = training.epochs * self.steps_per_epoch
-        if training.max_steps is not None:
-            self.total_steps = min(self.total_steps, training.max_steps)
+        # training.max_steps, when set, decides the length; else training.epochs does.
+        run_length = RunLength.from_config(
+            epochs=training.epochs,
+            max_steps=training.max_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.cfg.dataloader.batch_size,
+            grad_accum=training.grad_accum,
+        )
+        self.total_steps = run_length.total_steps
+        self.metric_logger.log_text(run_length.summary())
         return instantiate(
             self.cfg.lr_scheduler,
             optimizer=self.optimizer,
@@ -116,22 +131,24 @@ class FullKDRecipe:
 
     def load_checkpoint(self) -> None:
         """Continue from a checkpoint when `training.resume` asks for one."""
-        path = self.checkpointer.resume_from(self.cfg.training.resume)
+        path = self.resume_path
         if path is None:
             return
         weights, state = self.checkpointer.load(path, filename=WEIGHTS_FILE)
         load_weights_into(self.model, weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        load_training_state(self.optimizer, self.lr_scheduler, state)
         self.global_step = self.saved_step = state["global_step"]
         set_rng_state(state["rng"])
         self.metric_logger.log_text(f"resumed from {path} at step {self.global_step}")
 
     def train(self) -> None:
-        """Step the optimizer until `training.epochs` or `training.max_steps` ends."""
+        """Train for `total_steps` steps (`training.max_steps`, else the epochs)."""
         grad_accum = self.cfg.training.grad_accum
         batch_size = self.cfg.dataloader.batch_size
+        pad_id = self.tokenizer.pad_id
         kd_weight = self.cfg.training.kd_weight
+        # Ctrl-C / SIGTERM: finish the step, save, print how to resume, exit 130 / 143.
+        stop = StopOnSignal(self.save_checkpoint, self.checkpointer.latest)
         self.model.train()
         while self.global_step < self.total_steps:
             # The data position follows from the step, so a resumed run continues it.
@@ -155,7 +172,7 @@ class FullKDRecipe:
                     ce_sum += batch_ce.item()
                     kl_sum += batch_kl.item()
                     num_tokens += int(batch_tokens)
-                    num_inputs += tokens.numel()
+                    num_inputs += real_token_count(tokens, labels, pad_id=pad_id)
                 loss_sum = (1 - kd_weight) * ce_sum + kd_weight * kl_sum
                 check_finite_loss(loss_sum, step=self.global_step + 1)
                 # Both losses are sums over the same tokens. Dividing the gradients by
@@ -175,11 +192,17 @@ class FullKDRecipe:
                 self._log_step(
                     **metrics,
                     grad_norm=grad_norm.item(),
-                    tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
+                    **throughput(
+                        inputs=num_inputs,
+                        loss_tokens=num_tokens,
+                        seconds=time.perf_counter() - step_start,
+                    ),
                 )
                 self.lr_scheduler.step()
                 self._save_if_due()
+                stop.check(self.global_step)
         self.save_checkpoint()
+        stop.release(self.global_step)
 
     def _log_step(self, **metrics: float) -> None:
         step = self.global_step
@@ -213,11 +236,13 @@ class FullKDRecipe:
     def export_model(self) -> None:
         """Write the final model where transformers loads it directly."""
         export = self.cfg.export
+        # The export dir belongs to this run: a resumed run replaces it.
         save_hf_checkpoint(
             self.model,
             export.output_dir,
             source_dir=export.source_dir,
             tokenizer=self.tokenizer,
+            overwrite=True,
         )
         self.metric_logger.log_text(f"model in HF format: {export.output_dir}")
 

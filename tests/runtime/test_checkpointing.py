@@ -276,7 +276,7 @@ def test_keep_last_ignores_incomplete_dirs_and_keeps_the_new_one(tmp_path) -> No
 
 @pytest.mark.parametrize("keep_last", [0, -1, 1.5, True])
 def test_bad_keep_last_is_a_config_error(tmp_path, keep_last) -> None:
-    with pytest.raises(ConfigError, match=r"^checkpoint\.keep_last: must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"^checkpointer\.keep_last: must be a positive integer"):
         Checkpointer(output_dir=tmp_path, keep_last=keep_last)
 
 
@@ -314,8 +314,8 @@ def test_resume_off_refuses_a_dir_with_checkpoints(tmp_path, monkeypatch, resume
     with pytest.raises(CheckpointError) as error:
         checkpointer.resume_from(resume)
     assert str(error.value) == (
-        "runs/x already holds checkpoints (latest step_000030); set checkpoint.resume=auto to"
-        " continue that run, or choose another checkpoint.output_dir"
+        "runs/x already holds checkpoints (latest step_000030); set training.resume=auto to"
+        " continue that run, or choose another checkpointer.output_dir"
     )
 
 
@@ -357,7 +357,7 @@ def test_resume_from_a_path(tmp_path) -> None:
 
 
 def test_resume_rejects_other_values(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"^checkpoint\.resume: expected"):
+    with pytest.raises(ConfigError, match=r"^training\.resume: expected"):
         Checkpointer(output_dir=tmp_path).resume_from(3)  # type: ignore[arg-type]
 
 

@@ -107,6 +107,13 @@ def test_load_matches_transformers_and_saves_back(checkpoint, tmp_path: Path) ->
 
     out = save_hf_checkpoint(ours, tmp_path / "out", folder, max_shard_size=SHARD)
     assert weight_names(out) == weight_names(folder)  # Phi-3's fused names included
+    # Sharded as transformers shards (huggingface_hub's splitter): the same shard files, index
+    # keys and total size; tensors may sit in other shards, as our model orders them differently.
+    ours_index = json.loads((out / hf_checkpoint.INDEX_FILE).read_text())
+    hf_index = json.loads((folder / hf_checkpoint.INDEX_FILE).read_text())
+    assert set(ours_index["weight_map"].values()) == set(hf_index["weight_map"].values())
+    assert ours_index["weight_map"].keys() == hf_index["weight_map"].keys()
+    assert ours_index["metadata"]["total_size"] == hf_index["metadata"]["total_size"]
     assert (out / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
     assert (out / "generation_config.json").is_file()
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()

@@ -136,3 +136,23 @@ def test_adapter_settings_we_do_not_implement_are_refused(tmp_path: Path) -> Non
         save_peft_adapter(load_model(base_dir), tmp_path / "empty", base_model="x")
     with pytest.raises(CheckpointError, match="already exists and is not empty"):
         save_peft_adapter(trained_lora_model(base_dir), out, base_model="x")
+
+
+def test_an_adapter_of_the_builtin_model_carries_its_base_even_when_quantized(
+    tmp_path: Path,
+) -> None:
+    """A built-in base is written into the adapter dir (NF4 weights dequantized) and recorded by
+    its absolute path, so peft finds it from any directory."""
+    from tunegen.runtime.lora import dense_weight
+    from tunegen.runtime.quantization import quantize_base_weights
+
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    quantize_base_weights(model)
+    apply_lora(model, targets=["q_proj"], rank=2, alpha=4)
+    out = save_peft_adapter(model, tmp_path / "adapter", base_model="tiny")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((out / "base_model").resolve())
+    base = load_model(out / "base_model")
+    expected = dense_weight(model.model.layers[0].mlp.down_proj.weight.detach())
+    assert torch.equal(base.model.layers[0].mlp.down_proj.weight, expected)

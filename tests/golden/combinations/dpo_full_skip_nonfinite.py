@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tunegen.runtime.checkpointing import load_weights_into
+from tunegen.runtime.checkpointing import load_training_state, load_weights_into
 from tunegen.runtime.config import instantiate
 from tunegen.runtime.data import ResumableSampler, preference_collate
 from tunegen.runtime.dpo import preference_metrics, sequence_logps
@@ -28,8 +28,11 @@ from tunegen.runtime.environment import (
 from tunegen.runtime.errors import ConfigError
 from tunegen.runtime.gradients import scale_grads
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
+from tunegen.runtime.interrupt import StopOnSignal
 from tunegen.runtime.launch import load_recipe_config, run_main
+from tunegen.runtime.metric_logging import real_token_count, throughput
 from tunegen.runtime.numerics import NonFiniteStepSkipper
+from tunegen.runtime.run_config import RunLength
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -53,6 +56,11 @@ class FullDPORecipe:
     def setup(self) -> None:
         self.metric_logger = instantiate(self.cfg.logging.metric_logger)
         self.checkpointer = instantiate(self.cfg.checkpointer)
+        # Settle resuming (refusing a wrong setting) before anything slow is built.
+        self.resume_path = self.checkpointer.check_resume(
+            self.cfg.training.resume, config=self.cfg
+        )
+        self.metric_logger.start_at(self.checkpointer.step_of(self.resume_path))
         self.tokenizer = instantiate(self.cfg.tokenizer)
         # Data first: a bad record should stop the run before any weights are built.
         self.dataloader = self._setup_data()
@@ -107,9 +115,16 @@ class FullDPORecipe:
 
     def _setup_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         training = self.cfg.training
-        self.total_steps = training.epochs * self.steps_per_epoch
-        if training.max_steps is not None:
-            self.total_steps = min(self.total_steps, training.max_steps)
+        # training.max_steps, when set, decides the length; else training.epochs does.
+        run_length = RunLength.from_config(
+            epochs=training.epochs,
+            max_steps=training.max_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.cfg.dataloader.batch_size,
+            grad_accum=training.grad_accum,
+        )
+        self.total_steps = run_length.total_steps
+        self.metric_logger.log_text(run_length.summary())
         return instantiate(
             self.cfg.lr_scheduler,
             optimizer=self.optimizer,
@@ -118,21 +133,23 @@ class FullDPORecipe:
 
     def load_checkpoint(self) -> None:
         """Continue from a checkpoint when `training.resume` asks for one."""
-        path = self.checkpointer.resume_from(self.cfg.training.resume)
+        path = self.resume_path
         if path is None:
             return
         weights, state = self.checkpointer.load(path, filename=WEIGHTS_FILE)
         load_weights_into(self.model, weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        load_training_state(self.optimizer, self.lr_scheduler, state)
         self.global_step = self.saved_step = state["global_step"]
         set_rng_state(state["rng"])
         self.metric_logger.log_text(f"resumed from {path} at step {self.global_step}")
 
     def train(self) -> None:
-        """Step the optimizer until `training.epochs` or `training.max_steps` ends."""
+        """Train for `total_steps` steps (`training.max_steps`, else the epochs)."""
         grad_accum = self.cfg.training.grad_accum
         batch_size = self.cfg.dataloader.batch_size
+        pad_id = self.tokenizer.pad_id
+        # Ctrl-C / SIGTERM: finish the step, save, print how to resume, exit 130 / 143.
+        stop = StopOnSignal(self.save_checkpoint, self.checkpointer.latest)
         self.model.train()
         while self.global_step < self.total_steps:
             # The data position follows from the step, so a resumed run continues it.
@@ -142,21 +159,22 @@ class FullDPORecipe:
             steps_left = self.total_steps - self.global_step
             for _ in range(min(self.steps_per_epoch - step_in_epoch, steps_left)):
                 step_start = time.perf_counter()
-                outputs, num_inputs = [], 0
+                outputs, num_tokens, num_inputs = [], 0, 0
                 for _ in range(grad_accum):
                     batch = next(batches)
                     # Rows 0..B-1 hold the chosen responses, rows B..2B-1 the rejected.
                     tokens = batch["tokens"].to(self.device)  # (2B, T)
                     labels = batch["labels"].to(self.device)  # (2B, T), -100: no loss
                     policy_logits = self.model(tokens)  # (2B, T, vocab)
-                    policy_logps, num_tokens = sequence_logps(policy_logits, labels)
+                    policy_logps, lengths = sequence_logps(policy_logits, labels)
                     with torch.no_grad():  # the frozen copy's logits: (2B, T, vocab)
                         reference_logits = self.reference_model(tokens)
                         reference_logps, _ = sequence_logps(reference_logits, labels)
-                    output = self.loss_fn(policy_logps, reference_logps, num_tokens)
+                    output = self.loss_fn(policy_logps, reference_logps, lengths)
                     output.loss_sum.backward()
                     outputs.append(output)
-                    num_inputs += tokens.numel()
+                    num_tokens += int(lengths.sum())  # the response tokens
+                    num_inputs += real_token_count(tokens, labels, pad_id=pad_id)
                 loss_sum = sum(output.loss_sum.item() for output in outputs)
                 num_pairs = sum(output.num_pairs for output in outputs)
                 if self.nonfinite.should_skip(loss_sum, step=self.global_step + 1):
@@ -175,11 +193,17 @@ class FullDPORecipe:
                 self._log_step(
                     **metrics,
                     grad_norm=grad_norm.item(),
-                    tokens_per_s=round(num_inputs / (time.perf_counter() - step_start)),
+                    **throughput(
+                        inputs=num_inputs,
+                        loss_tokens=num_tokens,
+                        seconds=time.perf_counter() - step_start,
+                    ),
                 )
                 self.lr_scheduler.step()
                 self._save_if_due()
+                stop.check(self.global_step)
         self.save_checkpoint()
+        stop.release(self.global_step)
 
     def _skip_step(self, loss: float) -> None:
         """Drop this step's update but count the step: data order and schedule hold."""
@@ -223,11 +247,13 @@ class FullDPORecipe:
     def export_model(self) -> None:
         """Write the final model where transformers loads it directly."""
         export = self.cfg.export
+        # The export dir belongs to this run: a resumed run replaces it.
         save_hf_checkpoint(
             self.model,
             export.output_dir,
             source_dir=export.source_dir,
             tokenizer=self.tokenizer,
+            overwrite=True,
         )
         self.metric_logger.log_text(f"model in HF format: {export.output_dir}")
 
