@@ -255,3 +255,50 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+@app.command()
+def update(
+    recipe: Annotated[
+        Path, typer.Argument(help="The generated recipe, e.g. generated/my_recipe.py.")
+    ],
+    spec: Annotated[
+        str | None, typer.Option("--spec", "-s", help="Regenerate from this spec instead.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change as a diff; write nothing.")
+    ] = False,
+    resolved: Annotated[
+        bool, typer.Option("--resolved", help="The conflicts of the last update are resolved.")
+    ] = False,
+) -> None:
+    """Bring a changed spec or a newer tunegen into your edited recipe and config, keeping your edits.
+
+    Exit status 1 when conflicts are left in the files (marked as git marks them).
+    """
+    from tunegen.compiler import update as updating
+
+    if resolved:
+        _finish(updating.resolve(recipe))
+    _finish(updating.update(recipe, spec=_spec_path(spec) if spec else None, dry_run=dry_run))
+
+
+@app.command()
+def diff(
+    recipe: Annotated[
+        Path, typer.Argument(help="The generated recipe, e.g. generated/my_recipe.py.")
+    ],
+) -> None:
+    """Print your edits to the recipe and config against what tunegen generated."""
+    from tunegen.compiler.update import user_diff
+
+    _finish(user_diff(recipe))
+
+
+def _finish(outcome) -> None:
+    """Print an update.Outcome and exit with its status."""
+    for line in outcome.out:
+        typer.echo(line)
+    for line in outcome.err:
+        typer.echo(line, err=True)
+    raise typer.Exit(outcome.status)

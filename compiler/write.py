@@ -21,8 +21,12 @@ def write_outputs(outputs: dict[Path, str], *, force: bool = False) -> list[Path
     existing = [path for path in outputs if path.exists()]
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
+        update = (
+            f"tunegen update {existing[0]}" if existing[0].suffix == ".py" else "tunegen update"
+        )
         raise TunegenError(
-            f"{names} already exists; pass --force to overwrite (edits in it would be lost)"
+            f"{names} already exists; to bring a changed spec into your edited recipe run "
+            f"`{update}`, or pass --force to overwrite (your edits would be lost)"
         )
     for path, text in outputs.items():
         _atomic_write(path, text)
