@@ -305,7 +305,7 @@ def class_renames(base: Structure, other: Structure) -> dict[str, str]:
     named after the method: LoRAFinetuneRecipe becomes DoRAFinetuneRecipe), paired in order."""
     gone = [c for c in base.classes if c not in other.classes]
     new = [c for c in other.classes if c not in base.classes]
-    return dict(zip(new, gone)) if len(gone) == len(new) else {}
+    return dict(zip(new, gone, strict=True)) if len(gone) == len(new) else {}
 
 
 def split_recipe(source: str, name: str = "recipe") -> Structure:
@@ -497,15 +497,23 @@ def merge_recipe(
     split_o = split_recipe(ours, name)
     split_b = split_recipe(base, f"{name} (as generated)")
     split_t = split_recipe(theirs, f"{name} (new generation)")
-    split_o = split_o.renamed(class_renames(split_b, split_o))
-    split_t = split_t.renamed(class_renames(split_b, split_t))
+    renamed_o, renamed_t = class_renames(split_b, split_o), class_renames(split_b, split_t)
+    split_o, split_t = split_o.renamed(renamed_o), split_t.renamed(renamed_t)
+    # Conflicts name a class as the merged file does: the new name of a renamed class.
+    shown = {old: new for new, old in renamed_o.items()} | {
+        old: new for new, old in renamed_t.items()
+    }
+
+    def describe(key: str) -> str:
+        return describe_piece(_renamed_key(key, shown))
+
     atoms = (split_o.imports | split_t.imports) - (split_b.imports - split_o.imports)
     atoms -= split_b.imports - split_t.imports
 
     def piece(key: str, b: str, o: str, t: str) -> Merged:
         if key == IMPORTS:
             return Merged(_import_text(atoms, split_o, split_t, o))
-        return merge_lines(b, o, t, labels=labels, where=describe_piece(key))
+        return merge_lines(b, o, t, labels=labels, where=describe(key))
 
     pieces = merge_keyed(
         split_b.pieces,
@@ -513,7 +521,7 @@ def merge_recipe(
         split_t.pieces,
         labels=labels,
         merge_piece=piece,
-        describe=describe_piece,
+        describe=describe,
         kind=_piece_kind,
     )
     merged = join_pieces(result for _, result in pieces)
