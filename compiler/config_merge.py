@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from tunegen.compiler.merge import (
+    END,
     Conflict,
     Labels,
     Merged,
@@ -65,7 +66,7 @@ def split_config(text: str) -> dict[str, str]:
             entries[current] += "".join(pending) + line
             pending = []
     if pending:
-        entries["<end>"] = "".join(pending)
+        entries[END] = "".join(pending)
     return entries
 
 
@@ -86,7 +87,7 @@ def merge_config(
     notes = []
     for key in list(kept_o):  # removed by the spec: goes, with a note if the user changed it
         if key in split_b and key not in split_t:
-            if kept_o[key] != split_b[key] and key != "<end>":
+            if kept_o[key] != split_b[key] and key != END:
                 notes.append(f"{key}: the new spec removes this key (you had changed it)")
             kept_o[key] = split_b[key]
     pieces = merge_keyed(

@@ -182,6 +182,9 @@ def _matching_blocks(a: list[str], b: list[str]) -> list[tuple[int, int, int]]:
 # ---------------------------------------------------------------- merge of keyed pieces
 
 
+# The key of text after the last keyed piece (a config's closing comments).
+END = "<end>"
+
 PieceMerge = Callable[[str, str, str, str], Merged]
 
 
@@ -238,7 +241,8 @@ def merge_keyed(
 
 
 def _merged_order(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    """theirs' keys in order; each key only ours has goes after its predecessor in ours."""
+    """theirs' keys in order; each key only ours has goes after its predecessor in ours; END
+    last."""
     order = list(theirs)
     placed = set(order)
     previous: str | None = None
@@ -248,7 +252,7 @@ def _merged_order(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
             order.insert(index, key)
             placed.add(key)
         previous = key
-    return order
+    return sorted(order, key=lambda key: key == END)  # trailing text stays at the end
 
 
 def _whole_conflict(b: str, o: str, t: str, labels: Labels, where: str, what: str) -> Merged:
