@@ -19,6 +19,7 @@ from pathlib import Path
 import libcst
 import pytest
 import yaml
+from helpers import run_recipe
 from regen_helpers import CONFIG, META, RECIPE, SPEC_V1, edit
 
 from tunegen.compiler.pipeline import compile_spec
@@ -230,6 +231,30 @@ def test_update_keeps_the_edit_and_brings_the_change(name: str, cli, demo_workdi
     again = cli("update", str(RECIPE), *history.args)
     assert again.status == 0 and "up to date" in again.out
     assert RECIPE.read_text() == history.recipe(recipe)
+
+
+TRAINED = [
+    "several_edits+dora_and_checkpointing",
+    "add_import+full",
+    "delete_block+data_format",
+    "loss_line_and_config+upgrade",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_merged_recipe_trains_three_steps(name: str, cli, demo_workdir: Path) -> None:
+    history = HISTORIES[name]
+    start(cli, history)
+    apply_user_edits(history)
+    assert cli("update", str(RECIPE)).status == 0
+
+    result = run_recipe(RECIPE, "training.max_steps=3")
+
+    assert re.findall(r"^step +(\d+) \| loss \d", result.stdout, re.MULTILINE) == ["1", "2", "3"]
+    if history.recipe is LOSS_LINE:
+        assert re.search(r"^step +3 \| loss [\d.]+ \| tokens \d+", result.stdout, re.MULTILINE)
+    assert list(Path("runs/my_recipe").glob("step_000003/*.safetensors"))
 
 
 def test_update_with_unchanged_spec_and_tunegen_is_a_byte_level_noop(cli, demo_workdir: Path):
