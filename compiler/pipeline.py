@@ -14,6 +14,7 @@ from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.plan import Plan, make_plan
 from tunegen.compiler.provenance import (
     Provenance,
+    clear_pending,
     metadata_dir,
     record_provenance,
     write_provenance,
@@ -61,7 +62,9 @@ def write_compiled(compiled: Compiled, *, force: bool = False) -> list[Path]:
     }
     written = write_outputs(outputs, force=force)
     if compiled.spec_path is not None:
-        write_provenance(metadata_dir(compiled.recipe_path), provenance_of(compiled))
+        folder = metadata_dir(compiled.recipe_path)
+        write_provenance(folder, provenance_of(compiled))
+        clear_pending(folder)
     return written
 
 

@@ -30,7 +30,10 @@ from tunegen.runtime.errors import TunegenError
 
 __all__ = [
     "Provenance",
+    "clear_pending",
+    "has_pending",
     "metadata_dir",
+    "promote_pending",
     "read_provenance",
     "record_provenance",
     "write_provenance",
@@ -137,6 +140,11 @@ def read_provenance(folder: Path, *, pending: bool = False) -> Provenance:
 def has_pending(folder: Path) -> bool:
     """Whether a conflicting update waits for `tunegen update --resolved`."""
     return (folder / PENDING / META_FILE).is_file()
+
+
+def clear_pending(folder: Path) -> None:
+    """Forget a waiting update (a fresh `tunegen new --force` replaces what it merged)."""
+    shutil.rmtree(folder / PENDING, ignore_errors=True)
 
 
 def promote_pending(folder: Path) -> Provenance:

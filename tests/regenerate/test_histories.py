@@ -492,3 +492,18 @@ def test_update_refuses_a_spec_that_generates_another_file(cli, demo_workdir: Pa
     assert result.status == 2 and result.err.count("\n") == 1
     assert "set name: my_recipe in it" in result.err
     assert yaml.safe_load(CONFIG.read_text())["training"]["lr"] == 0.0003
+
+
+def test_new_force_after_a_conflicting_update_starts_afresh(cli, demo_workdir: Path) -> None:
+    history = CONFLICTS["config_lr_both_changed"].history
+    start(cli, history)
+    apply_user_edits(history)
+    assert cli("update", str(RECIPE)).status == 1
+    assert (META / "pending").is_dir()
+
+    forced = cli("new", "--spec", "my.yaml", "--force")
+
+    assert forced.status == 0, forced.err
+    assert not (META / "pending").exists()
+    assert (META / "config.yaml.txt").read_text() == CONFIG.read_text()
+    assert cli("update", str(RECIPE)).out.endswith("are up to date\n")
