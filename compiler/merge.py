@@ -36,6 +36,7 @@ __all__ = [
     "Labels",
     "MergeInputError",
     "Merged",
+    "complete_imports",
     "has_conflict_markers",
     "merge_keyed",
     "merge_lines",
@@ -543,6 +544,12 @@ def _import_text(atoms: frozenset, split_o: Structure, split_t: Structure, ours_
         return split_t.pieces[IMPORTS]
     lead = ours_text[: len(ours_text) - len(ours_text.lstrip("\n"))]
     return lead + import_block(atoms)
+
+
+def complete_imports(text: str, name: str = "recipe") -> str:
+    """`text` with the imports tunegen knows added for names it reads but nothing binds (after a
+    conflict resolved in favour of code whose import the new generation dropped)."""
+    return _add_missing_imports(text, split_recipe(text, name).imports, name)
 
 
 def _add_missing_imports(text: str, atoms: frozenset, name: str) -> str:

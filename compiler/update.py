@@ -27,6 +27,7 @@ from tunegen.compiler.merge import (
     Labels,
     Merged,
     MergeInputError,
+    complete_imports,
     has_conflict_markers,
     merge_recipe,
 )
@@ -143,12 +144,16 @@ def resolve(recipe: Path) -> Outcome:
                 f"`tunegen update {recipe} --resolved` again"
             )
     _read_ours(files)  # both must parse now
+    completed = complete_imports(ours_recipe, str(recipe))
+    outcome = Outcome()
+    if completed != ours_recipe:
+        write_outputs({files.recipe: completed}, force=True)
+        outcome.out.append(f"updated {recipe}: added the imports your resolved code uses")
     record = promote_pending(files.folder)
-    return Outcome(
-        out=[
-            f"resolved {recipe}: the next update merges against tunegen {record.version}'s generation"
-        ]
+    outcome.out.append(
+        f"resolved {recipe}: the next update merges against tunegen {record.version}'s generation"
     )
+    return outcome
 
 
 def user_diff(recipe: Path) -> Outcome:

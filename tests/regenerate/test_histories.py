@@ -22,6 +22,7 @@ import yaml
 from helpers import run_recipe
 from regen_helpers import CONFIG, META, RECIPE, SPEC_V1, edit
 
+from tunegen.compiler.imports import unbound_names
 from tunegen.compiler.pipeline import compile_spec
 
 Edit = Callable[[str], str]
@@ -507,3 +508,31 @@ def test_new_force_after_a_conflicting_update_starts_afresh(cli, demo_workdir: P
     assert not (META / "pending").exists()
     assert (META / "config.yaml.txt").read_text() == CONFIG.read_text()
     assert cli("update", str(RECIPE)).out.endswith("are up to date\n")
+
+
+def test_resolving_in_favour_of_code_the_spec_dropped_restores_its_import(cli, demo_workdir):
+    """Spec v1 has activation checkpointing, the user edits the line next to it, spec v2 drops it:
+    a conflict. The user keeps their side, which calls enable_activation_checkpointing, whose
+    import the merge dropped with the new generation; --resolved puts the import back."""
+    Path("my.yaml").write_text(ACTIVATION_CKPT(SPEC_V1))
+    assert cli("new", "--spec", "my.yaml").status == 0
+    edit(
+        RECIPE,
+        "model = instantiate(self.cfg.model)\n",
+        "model = instantiate(self.cfg.model)  # mine\n",
+    )
+    Path("my.yaml").write_text(SPEC_V1)
+    assert cli("update", str(RECIPE)).status == 1
+    assert "import enable_activation_checkpointing" not in RECIPE.read_text()
+    take_yours(RECIPE)
+
+    result = cli("update", str(RECIPE), "--resolved")
+
+    assert result.status == 0, result.err
+    assert result.out.startswith(
+        "updated generated/my_recipe.py: added the imports your resolved code uses\n"
+    )
+    text = RECIPE.read_text()
+    assert "from tunegen.runtime.memory import enable_activation_checkpointing\n" in text
+    assert "        enable_activation_checkpointing(model)\n" in text
+    assert not unbound_names(text)
