@@ -536,3 +536,12 @@ def test_resolving_in_favour_of_code_the_spec_dropped_restores_its_import(cli, d
     assert "from tunegen.runtime.memory import enable_activation_checkpointing\n" in text
     assert "        enable_activation_checkpointing(model)\n" in text
     assert not unbound_names(text)
+
+
+def test_update_keeps_the_files_mode(cli, demo_workdir: Path) -> None:
+    start(cli, History())
+    RECIPE.chmod(0o750)
+    Path("my.yaml").write_text(DORA(SPEC_V1))
+    assert cli("update", str(RECIPE)).status == 0
+    assert RECIPE.stat().st_mode & 0o777 == 0o750
+    assert "DoRAFinetuneRecipe" in RECIPE.read_text()
