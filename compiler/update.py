@@ -67,6 +67,22 @@ class _Files:
     base: Provenance
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """The outcome of merging both files: the user's texts, the merged texts, what to report."""
+
+    ours: dict[Path, str]
+    merged: dict[Path, str]
+    conflicts: list[str]
+    notes: list[str]
+    new: Provenance
+    crlf: frozenset[Path]  # the user's files with CRLF line ends, written back with them
+
+    @property
+    def changes(self) -> dict[Path, str]:
+        return {path: text for path, text in self.merged.items() if text != self.ours[path]}
+
+
 def update(recipe: Path, *, spec: Path | None = None, dry_run: bool = False) -> Outcome:
     """Merge the generation of the current spec and tunegen into the user's recipe and config."""
     files = _locate(recipe)
@@ -75,59 +91,69 @@ def update(recipe: Path, *, spec: Path | None = None, dry_run: bool = False) -> 
             f"{recipe}: the last update left conflicts; resolve them, then run "
             f"`tunegen update {recipe} --resolved`"
         )
+    merge = _merge(files, spec)
+    outcome = Outcome(err=list(merge.notes))
+    changes = merge.changes
+    if dry_run:
+        outcome.out += [_unified(path, merge.ours[path], text) for path, text in changes.items()]
+        if not changes:
+            outcome.out.append(f"{recipe} and {files.config}: update would change nothing")
+    else:
+        crlf = {
+            path: text.replace("\n", "\r\n") for path, text in changes.items() if path in merge.crlf
+        }
+        write_outputs({**changes, **crlf}, force=True)
+        write_provenance(files.folder, merge.new, pending=bool(merge.conflicts))
+        conflicted = {line.partition(":")[0] for line in merge.conflicts}
+        outcome.out += [
+            f"merged {path} with conflicts marked in it"
+            if str(path) in conflicted
+            else f"updated {path}"
+            for path in changes
+        ]
+        if not changes:
+            outcome.out.append(f"{recipe} and {files.config} are up to date")
+    if merge.conflicts:
+        count = len(merge.conflicts)
+        then = "" if dry_run else f", then run `tunegen update {recipe} --resolved`"
+        outcome.err += merge.conflicts
+        outcome.err.append(
+            f"update {'would stop' if dry_run else 'not finished'}: {count} "
+            f"conflict{'s' if count > 1 else ''}; resolve the marked lines{then}"
+        )
+        outcome.status = EXIT_CONFLICT
+    return outcome
+
+
+def _merge(files: _Files, spec: Path | None) -> _Merge:
+    """Compile the new generation and merge it into the user's recipe and config (in memory)."""
     ours_recipe, ours_config = _read_ours(files)
     compiled = _compile(files, spec)
     new = provenance_of_in(compiled, files)
     labels = Labels(f"generated {files.base.version}", f"generated {new.version}")
     try:
-        recipe_merged = merge_recipe(
-            files.base.recipe, ours_recipe, new.recipe, labels=labels, name=str(recipe)
+        recipe = merge_recipe(
+            files.base.recipe, ours_recipe, new.recipe, labels=labels, name=str(files.recipe)
         )
     except MergeInputError as exc:
         raise TunegenError(f"{exc}; restore the file or fix it, then run tunegen update") from None
-    config_merged = merge_config(
+    config = merge_config(
         files.base.config, ours_config, new.config, labels=labels, name=str(files.config)
     )
-    _check_merged(recipe, recipe_merged)
-    outcome = Outcome()
-    outcome.err += [f"note: {files.config}: {note}" for note in config_merged.notes]
+    _check_merged(files.recipe, recipe)
     conflicts = [
-        f"{recipe}:{c.line}: in {c.where}: conflict ({c.what})" for c in recipe_merged.conflicts
+        f"{path}:{c.line}: in {c.where}: conflict ({c.what})"
+        for path, merged in ((files.recipe, recipe), (files.config, config))
+        for c in merged.conflicts
     ]
-    conflicts += [
-        f"{files.config}:{c.line}: in {c.where}: conflict ({c.what})"
-        for c in config_merged.conflicts
-    ]
-    changes = {
-        path: text
-        for path, text, old in (
-            (files.recipe, recipe_merged.text, ours_recipe),
-            (files.config, config_merged.text, ours_config),
-        )
-        if text != old
-    }
-    if dry_run:
-        outcome.out += [
-            _unified(path, (ours_recipe if path == files.recipe else ours_config), text)
-            for path, text in changes.items()
-        ]
-        if not changes:
-            outcome.out.append(f"{recipe} and {files.config}: update would change nothing")
-    else:
-        write_outputs(changes, force=True)
-        write_provenance(files.folder, new, pending=bool(conflicts))
-        outcome.out += [f"updated {path}" for path in changes]
-        if not changes:
-            outcome.out.append(f"{recipe} and {files.config} are up to date")
-    if conflicts:
-        outcome.err += conflicts
-        then = "" if dry_run else f", then run `tunegen update {recipe} --resolved`"
-        outcome.err.append(
-            f"{len(conflicts)} conflict{'s' if len(conflicts) > 1 else ''}"
-            f"{' would be' if dry_run else ''} left in the files; resolve the marked lines{then}"
-        )
-        outcome.status = EXIT_CONFLICT
-    return outcome
+    return _Merge(
+        ours={files.recipe: ours_recipe, files.config: ours_config},
+        merged={files.recipe: recipe.text, files.config: config.text},
+        conflicts=conflicts,
+        notes=[f"note: {files.config}: {note}" for note in config.notes],
+        new=new,
+        crlf=frozenset(p for p in (files.recipe, files.config) if b"\r\n" in p.read_bytes()),
+    )
 
 
 def resolve(recipe: Path) -> Outcome:
@@ -164,7 +190,7 @@ def user_diff(recipe: Path) -> Outcome:
         if not path.is_file():
             outcome.out.append(f"{path}: deleted")
             continue
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
         if text != base:
             outcome.out.append(
                 _unified(
@@ -218,8 +244,7 @@ def _read_ours(files: _Files, *, markers_ok: bool = False) -> tuple[str, str]:
         raise TunegenError(
             f"{files.config}: config file not found; restore it from version control"
         )
-    recipe = files.recipe.read_text(encoding="utf-8")
-    config = files.config.read_text(encoding="utf-8")
+    recipe, config = _read_text(files.recipe), _read_text(files.config)
     if markers_ok:
         return recipe, config
     try:
@@ -270,6 +295,15 @@ def _check_merged(recipe: Path, merged: Merged) -> None:
             f"{recipe}: the merged recipe would not parse (line {exc.raw_line}); nothing written; "
             "see it with `tunegen update --dry-run`"
         ) from None
+
+
+def _read_text(path: Path) -> str:
+    """A user's file as text with `\\n` line ends (a CRLF file merges line for line all the same;
+    its line ends are restored when it is written)."""
+    try:
+        return path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        raise TunegenError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 @contextlib.contextmanager

@@ -509,6 +509,13 @@ CASES: dict[str, Case] = {
         "generated/bad.yaml:",
         setup=_edited_then(_left_conflicts),
     ),
+    "update_recipe_not_utf8": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "not UTF-8 text",
+        setup=_edited_then(lambda w: (w / "generated/bad.py").write_bytes(b"x = '\xff'\n")),
+    ),
     "update_resolved_with_nothing_pending": Case(
         "update",
         {},

@@ -545,3 +545,30 @@ def test_update_keeps_the_files_mode(cli, demo_workdir: Path) -> None:
     assert cli("update", str(RECIPE)).status == 0
     assert RECIPE.stat().st_mode & 0o777 == 0o750
     assert "DoRAFinetuneRecipe" in RECIPE.read_text()
+
+
+def test_a_crlf_recipe_merges_and_keeps_its_line_ends(cli, demo_workdir: Path) -> None:
+    start(cli, History())
+    RECIPE.write_bytes(ADD_METHOD(RECIPE.read_text()).replace("\n", "\r\n").encode())
+    Path("my.yaml").write_text(DORA(SPEC_V1))
+    recipe, _ = new_generation(History(spec=DORA))
+
+    assert cli("update", str(RECIPE)).status == 0
+
+    assert RECIPE.read_bytes() == ADD_METHOD(recipe).replace("\n", "\r\n").encode()
+
+
+def test_dry_run_of_a_conflicting_update_exits_1_and_writes_nothing(cli, demo_workdir: Path):
+    history = CONFLICTS["config_lr_both_changed"].history
+    start(cli, history)
+    apply_user_edits(history)
+    before = CONFIG.read_bytes()
+
+    result = cli("update", str(RECIPE), "--dry-run")
+
+    assert result.status == 1
+    assert "+<<<<<<< yours\n" in result.out
+    assert result.err.splitlines()[-1] == (
+        "update would stop: 1 conflict; resolve the marked lines"
+    )
+    assert CONFIG.read_bytes() == before and not (META / "pending").exists()
