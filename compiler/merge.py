@@ -189,6 +189,12 @@ END = "<end>"
 PieceMerge = Callable[[str, str, str, str], Merged]
 
 
+def dotted_nesting(key: str) -> list[str]:
+    """The containers of a dotted key, then the key: `a.b.c` -> [`a`, `a.b`, `a.b.c`]."""
+    parts = key.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def merge_keyed(
     base: dict[str, str],
     ours: dict[str, str],
@@ -198,19 +204,21 @@ def merge_keyed(
     merge_piece: PieceMerge | None = None,
     describe: Callable[[str], str] = str,
     kind: Callable[[str], str] = lambda key: "piece",
+    nesting: Callable[[str], list[str]] = dotted_nesting,
 ) -> list[tuple[str, Merged]]:
     """Merge three ordered maps of key -> text; returns the merged pieces in output order.
 
     The order is theirs', with the pieces only ours has (the user's additions) placed after the
-    piece they follow in ours. A piece both kept is merged with `merge_piece(key, b, o, t)`
-    (line-level by default); one the user deleted stays deleted, one the new generation removed
-    goes, unless the other side changed it: then it is a conflict.
+    piece they follow in ours, but outside any container (`nesting(key)`: class, config section)
+    they are not in. A piece both kept is merged with `merge_piece(key, b, o, t)` (line-level by
+    default); one the user deleted stays deleted, one the new generation removed goes, unless the
+    other side changed it: then it is a conflict.
     """
     merge_piece = merge_piece or (
         lambda key, b, o, t: merge_lines(b, o, t, labels=labels, where=describe(key))
     )
     merged: list[tuple[str, Merged]] = []
-    for key in _merged_order(ours, theirs):
+    for key in _merged_order(ours, theirs, nesting):
         b, o, t = base.get(key), ours.get(key), theirs.get(key)
         if o is not None and t is not None:
             if b is not None:
@@ -241,15 +249,20 @@ def merge_keyed(
     return merged
 
 
-def _merged_order(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    """theirs' keys in order; each key only ours has goes after its predecessor in ours; END
-    last."""
+def _merged_order(
+    ours: dict[str, str], theirs: dict[str, str], nesting: Callable[[str], list[str]]
+) -> list[str]:
+    """theirs' keys in order; each key only ours has goes after its predecessor in ours, but never
+    inside a container (class, config section) it is not in; END last."""
     order = list(theirs)
     placed = set(order)
     previous: str | None = None
     for key in ours:
         if key not in placed:
             index = order.index(previous) + 1 if previous is not None else 0
+            foreign = set(nesting(previous)) - set(nesting(key)[:-1]) if previous else set()
+            while index < len(order) and foreign & set(nesting(order[index])):
+                index += 1
             order.insert(index, key)
             placed.add(key)
         previous = key
@@ -482,6 +495,15 @@ def describe_piece(key: str) -> str:
     return key.partition("#")[0]
 
 
+def _piece_nesting(key: str) -> list[str]:
+    """The class a method (or the code after it) is in, then the key itself."""
+    if key.startswith("<"):
+        return [key]
+    name = key.removeprefix("after ")
+    head, dot, _ = name.partition(".")
+    return [head, key] if dot else [key]
+
+
 def _piece_kind(key: str) -> str:
     if key.startswith("after ") or key.startswith("<"):
         return "code"
@@ -528,6 +550,7 @@ def merge_recipe(
         merge_piece=piece,
         describe=describe,
         kind=_piece_kind,
+        nesting=_piece_nesting,
     )
     merged = join_pieces(result for _, result in pieces)
     if not merged.conflicts:

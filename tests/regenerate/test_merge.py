@@ -172,3 +172,23 @@ def test_a_key_the_user_added_under_a_removed_section_is_a_conflict():
     merged = merge_config(base, ours, theirs)
     assert [c.where for c in merged.conflicts] == ["lora.mine"]
     assert "  mine: 1\n" in merged.text
+
+
+def test_a_function_the_user_added_after_a_class_stays_outside_it():
+    base = "class A:\n    def f(self):\n        return 1\n\n\ndef main():\n    pass\n"
+    ours = base.replace("\n\ndef main", "\n\ndef mine():\n    return 0\n\n\ndef main")
+    theirs = base.replace(
+        "        return 1\n", "        return 1\n\n    def g(self):\n        return 2\n"
+    )
+    merged = merge_recipe(base, ours, theirs)
+    assert merged.text == theirs.replace(
+        "\n\ndef main", "\n\ndef mine():\n    return 0\n\n\ndef main"
+    )
+
+
+def test_a_section_the_user_added_stays_outside_the_section_before_it():
+    base = "training:\n  lr: 0.1\nlogging:\n  every: 1\n"
+    ours = base.replace("logging:", "mine:\n  x: 1\nlogging:")
+    theirs = base.replace("  lr: 0.1\n", "  lr: 0.1\n  clip: 1.0\n")
+    merged = merge_config(base, ours, theirs)
+    assert merged.text == "training:\n  lr: 0.1\n  clip: 1.0\nmine:\n  x: 1\nlogging:\n  every: 1\n"
