@@ -333,11 +333,28 @@ def split_recipe(source: str, name: str = "recipe") -> Structure:
     except libcst.ParserSyntaxError as exc:
         raise MergeInputError(f"{name}:{exc.raw_line}: does not parse: {exc.message}") from None
     positions = wrapper.resolve(PositionProvider)
-    module = wrapper.module
+    body = list(wrapper.module.body)
+    cuts, imports = _cuts(body, positions)
     lines = _lines(source)
-    cuts: list[tuple[int, str]] = []  # (0-based first line of a piece, key), in file order
+    starts = [0, *[start for start, _ in cuts], len(lines)]
+    keys = [HEADER, *[key for _, key in cuts]]
+    pieces = {
+        key: "".join(lines[starts[i] : starts[i + 1]])
+        for i, key in enumerate(keys)
+        if starts[i] < starts[i + 1]
+    }
+    classes = tuple(key for _, key in cuts if key in _class_names(body))
+    return Structure(pieces, frozenset(imports), classes)
+
+
+def _cuts(body: list[libcst.BaseStatement], positions) -> tuple[list[tuple[int, str]], set]:
+    """Where each piece starts (0-based line, key), in file order, and the import block's atoms.
+
+    Before the first definition: the header, the leading run of imports, module-level code. Then
+    each function and class (and each method of a class) and the code after it.
+    """
+    cuts: list[tuple[int, str]] = []
     imports: set[tuple[str, ...]] = set()
-    body = list(module.body)
     first_def = next(
         (i for i, s in enumerate(body) if isinstance(s, (libcst.FunctionDef, libcst.ClassDef))),
         len(body),
@@ -355,17 +372,8 @@ def split_recipe(source: str, name: str = "recipe") -> Structure:
     seen: dict[str, int] = {}
     for stmt in body[first_def:]:
         _cut_statement(stmt, positions, cuts, seen)
-    cuts.sort(key=lambda cut: cut[0])
-    pieces: dict[str, str] = {}
-    starts = [0, *[start for start, _ in cuts]]
-    keys = [HEADER, *[key for _, key in cuts]]
-    for i, key in enumerate(keys):
-        end = starts[i + 1] if i + 1 < len(starts) else len(lines)
-        text = "".join(lines[starts[i] : end])
-        if text:
-            pieces[key] = text
-    classes = tuple(key for _, key in cuts if key in _class_names(body))
-    return Structure(pieces, frozenset(imports), classes)
+    cuts.sort(key=lambda cut: cut[0])  # stable: an empty "after" piece stays before its neighbour
+    return cuts, imports
 
 
 def _class_names(body: Sequence[libcst.BaseStatement]) -> set[str]:
@@ -446,28 +454,25 @@ def import_block(atoms: Iterable[tuple[str, ...]]) -> str:
     """The import statements for `atoms`, sorted and formatted as tunegen writes them:
     `from __future__`, then the standard library, then the rest, `import x` before `from x`."""
     atoms = set(atoms)
-    future = sorted(a for a in atoms if a[0] == "from" and a[1] == "__future__")
-    sections: list[list[str]] = []
-    if future:
-        sections.append([_from_lines("__future__", [(a[2], a[3]) for a in future])[0]])
-    rest = atoms - set(future)
-    for stdlib in (True, False):
-        mine = {a for a in rest if _is_stdlib(a[1].lstrip(".")) == stdlib and a[1][:1] != "."}
-        if not stdlib:
-            mine |= {a for a in rest if a[1][:1] == "."}
-        section = [
-            f"import {a[1]}" + (f" as {a[2]}" if a[2] else "")
-            for a in sorted((a for a in mine if a[0] == "import"), key=lambda a: a[1].lower())
-        ]
-        modules: dict[str, list[tuple[str, str]]] = {}
-        for a in mine:
-            if a[0] == "from":
-                modules.setdefault(a[1], []).append((a[2], a[3]))
-        for module in sorted(modules, key=lambda m: (m.lower(), m)):
-            section += _from_lines(module, modules[module])
-        if section:
-            sections.append(section)
-    return format_python("\n\n".join("\n".join(s) for s in sections) + "\n")
+    future = {a for a in atoms if a[0] == "from" and a[1] == "__future__"}
+    stdlib = {a for a in atoms - future if a[1][:1] != "." and _is_stdlib(a[1])}
+    sections = [_section(group) for group in (future, stdlib, atoms - future - stdlib)]
+    return format_python("\n\n".join("\n".join(s) for s in sections if s) + "\n")
+
+
+def _section(atoms: set[tuple[str, ...]]) -> list[str]:
+    """One section's lines: `import x` lines, then `from x import ...` lines, by module."""
+    lines = [
+        f"import {a[1]}" + (f" as {a[2]}" if a[2] else "")
+        for a in sorted((a for a in atoms if a[0] == "import"), key=lambda a: (a[1].lower(), a))
+    ]
+    modules: dict[str, list[tuple[str, str]]] = {}
+    for a in atoms:
+        if a[0] == "from":
+            modules.setdefault(a[1], []).append((a[2], a[3]))
+    for module in sorted(modules, key=lambda m: (m.lower(), m)):
+        lines += _from_lines(module, modules[module])
+    return lines
 
 
 def _from_lines(module: str, names: list[tuple[str, str]]) -> list[str]:
