@@ -31,7 +31,7 @@ from tunegen.compiler.merge import (
     has_conflict_markers,
     merge_recipe,
 )
-from tunegen.compiler.pipeline import compile_spec, provenance_of
+from tunegen.compiler.pipeline import Compiled, compile_spec, provenance_of
 from tunegen.compiler.provenance import (
     Provenance,
     has_pending,
@@ -129,7 +129,7 @@ def _merge(files: _Files, spec: Path | None) -> _Merge:
     """Compile the new generation and merge it into the user's recipe and config (in memory)."""
     ours_recipe, ours_config = _read_ours(files)
     compiled = _compile(files, spec)
-    new = provenance_of_in(compiled, files)
+    new = _new_record(compiled, files)
     labels = Labels(f"generated {files.base.version}", f"generated {new.version}")
     try:
         recipe = merge_recipe(
@@ -208,7 +208,7 @@ def user_diff(recipe: Path) -> Outcome:
     return outcome
 
 
-def provenance_of_in(compiled, files: _Files) -> Provenance:
+def _new_record(compiled: Compiled, files: _Files) -> Provenance:
     """The new generation's record, as seen from the directory `tunegen new` ran in."""
     with _working_dir(files.folder / files.base.working_dir):
         return provenance_of(compiled)
@@ -264,7 +264,7 @@ def _read_ours(files: _Files, *, markers_ok: bool = False) -> tuple[str, str]:
     return recipe, config
 
 
-def _compile(files: _Files, spec: Path | None):
+def _compile(files: _Files, spec: Path | None) -> Compiled:
     """Compile the spec (recorded, or `spec`) in the directory `tunegen new` ran in."""
     root = (files.folder / files.base.working_dir).resolve()
     spec_path = Path(spec).resolve() if spec else (files.folder / files.base.spec).resolve()
