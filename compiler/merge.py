@@ -122,9 +122,10 @@ def conflict_block(
 
 
 def has_conflict_markers(text: str) -> bool:
-    """Whether `text` still holds a conflict marker line written by a merge."""
+    """Whether `text` still holds a conflict marker line written by a merge (a lone `=======`
+    alone is not one: it underlines a heading in a docstring)."""
     return any(
-        line.startswith((MARK_OURS, MARK_BASE + " ", MARK_THEIRS + " ")) or line == MARK_SPLIT
+        line.startswith((MARK_OURS, MARK_BASE + " ", MARK_THEIRS + " "))
         for line in text.splitlines()
     )
 
