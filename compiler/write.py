@@ -39,7 +39,13 @@ def _exists_message(existing: list[Path], *, editable: bool) -> str:
     listed = names[0] if one else ", ".join(names[:-1]) + f" and {names[-1]}"
     verb, it = ("exists", "it") if one else ("exist", "them")
     lost = f" (edits in {it} would be lost)" if editable else ""
-    return f"{listed} already {verb}; pass --force to overwrite {it}{lost}"
+    recipes = [p for p in existing if p.suffix == ".py"]
+    update = (
+        f"to bring a changed spec into your edited recipe run `tunegen update {recipes[0]}`, or "
+        if editable and recipes
+        else ""
+    )
+    return f"{listed} already {verb}; {update}pass --force to overwrite {it}{lost}"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -48,7 +54,19 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode the written file gets: the replaced file's (an update keeps it), else the usual
+    0o666 less the umask (mkstemp's 0o600 would hide a recipe from the user's group)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 TUNEGEN = [sys.executable, "-m", "tunegen.compiler"]
+SPECS = Path(__file__).resolve().parents[1] / "specs"  # the built-in specs and demo data
 
 
 # The size of the random Hugging Face models the interop tests write (small, but every shape

@@ -10,6 +10,7 @@ traceback anywhere. Categories: specs, configs and overrides, data files, checkp
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,6 +161,24 @@ def _broken_resume(workdir: Path) -> None:
     _call(_compiled("training.max_steps=1"))
     state = workdir / "runs/bad/step_000001/recipe_state.pt"
     state.write_bytes(b"not a torch file")
+
+
+def _edited_then(change: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Setup: compile the good spec, then `change` the working directory (for `tunegen update`)."""
+
+    def setup(workdir: Path) -> None:
+        _good_recipe(workdir)
+        change(workdir)
+
+    return setup
+
+
+def _left_conflicts(workdir: Path) -> None:
+    """An update that stopped on a conflict (both changed training.lr), not yet resolved."""
+    config = workdir / "generated/bad.yaml"
+    config.write_text(config.read_text().replace("  lr: 0.0003", "  lr: 0.001"))
+    (workdir / "spec.yaml").write_text(SPEC.replace("batch_size: 1}", "batch_size: 1, lr: 1.0e-5}"))
+    assert _call(["update", "generated/bad.py"]) == 1
 
 
 CASES: dict[str, Case] = {
@@ -648,6 +667,89 @@ CASES: dict[str, Case] = {
         ["data", "spec.yaml"],
         "tok",
     ),
+    # -- update and diff (regenerating an edited recipe) --------------------------------------------
+    "update_recipe_does_not_parse": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "generated/bad.py:",
+        setup=_edited_then(lambda w: (w / "generated/bad.py").write_text("def broken(:\n")),
+    ),
+    "update_without_metadata": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "no tunegen metadata",
+        setup=_edited_then(lambda w: shutil.rmtree(w / "generated/.tunegen")),
+    ),
+    "diff_without_metadata": Case(
+        "update",
+        {},
+        ["diff", "generated/bad.py"],
+        "no tunegen metadata",
+        setup=_edited_then(lambda w: shutil.rmtree(w / "generated/.tunegen")),
+    ),
+    "update_metadata_of_another_file": Case(
+        "update",
+        {},
+        ["update", "generated/other.py"],
+        "is for bad.py, not this file",
+        setup=_edited_then(
+            lambda w: (
+                (w / "generated/bad.py").rename(w / "generated/other.py"),
+                (w / "generated/.tunegen/bad").rename(w / "generated/.tunegen/other"),
+            )
+        ),
+    ),
+    "update_spec_with_another_name": Case(
+        "update",
+        {"other.yaml": SPEC.replace("name: bad", "name: other"), "train.jsonl": INSTRUCT},
+        ["update", "generated/bad.py", "--spec", "other.yaml"],
+        "set name: bad in it",
+        setup=_good_recipe,
+    ),
+    "update_spec_gone": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "spec file not found; pass --spec SPEC",
+        setup=_edited_then(lambda w: (w / "spec.yaml").unlink()),
+    ),
+    "update_before_resolving_conflicts": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "--resolved",
+        setup=_edited_then(_left_conflicts),
+    ),
+    "update_resolved_with_markers_left": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py", "--resolved"],
+        "generated/bad.yaml:",
+        setup=_edited_then(_left_conflicts),
+    ),
+    "update_recipe_not_utf8": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py"],
+        "not UTF-8 text",
+        setup=_edited_then(lambda w: (w / "generated/bad.py").write_bytes(b"x = '\xff'\n")),
+    ),
+    "update_resolved_with_nothing_pending": Case(
+        "update",
+        {},
+        ["update", "generated/bad.py", "--resolved"],
+        "nothing to do",
+        setup=_good_recipe,
+    ),
+    "update_a_config_instead_of_a_recipe": Case(
+        "update",
+        {},
+        ["update", "generated/bad.yaml"],
+        "pass the generated recipe (.py)",
+        setup=_good_recipe,
+    ),
 }
 
 
@@ -690,5 +792,5 @@ def test_corpus_size_and_coverage() -> None:
     for case in CASES.values():
         by_category[case.category] = by_category.get(case.category, 0) + 1
     print(f"\nmalformed-input corpus: {len(CASES)} cases {by_category}")
-    assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer"}
+    assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer", "update"}
     assert len(CASES) >= 56

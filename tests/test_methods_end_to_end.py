@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SPECS
-from helpers import read_metrics, run_recipe, tunegen
+from helpers import SPECS, read_metrics, run_recipe, tunegen
 
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny

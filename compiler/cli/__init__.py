@@ -4,6 +4,8 @@
     tunegen validate FILE [key=value]   check a spec or a config and its data, no weights (validate.py)
     tunegen run RECIPE [--config F] [key=value ...]                                      (run.py)
     tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
+    tunegen update RECIPE [--spec F] [--dry-run] [--resolved]   a changed spec into your edits (update.py)
+    tunegen diff RECIPE                 your edits against what tunegen generated           (update.py)
     tunegen ls                          built-in specs, methods and models                  (specs.py)
     tunegen cp NAME DEST                copy a built-in spec to edit                        (specs.py)
     tunegen schema [--output F]         the spec's JSON Schema, for editors and tools       (specs.py)
@@ -11,7 +13,14 @@
 `app.py` holds the Typer app the commands register on and `main`, the console entry point.
 """
 
-from tunegen.compiler.cli import data, new, run, specs, validate  # noqa: F401  (registers the commands)
+from tunegen.compiler.cli import (  # noqa: F401  (importing a command module registers it)
+    data,
+    new,
+    run,
+    specs,
+    update,
+    validate,
+)
 from tunegen.compiler.cli.app import app, builtin_specs, main
 
 __all__ = ["app", "builtin_specs", "main"]
