@@ -16,7 +16,7 @@ from tunegen.runtime.data.chat_templates import (
     chat_segments,
     generation_prompt,
 )
-from tunegen.runtime.data.collate import IGNORE_INDEX, padded_collate
+from tunegen.runtime.data.collate import IGNORE_INDEX, packed_collate, padded_collate
 from tunegen.runtime.data.instruct import InstructDataset, read_instruct_examples
 from tunegen.runtime.data.jsonl import (
     NumberedRecord,
@@ -24,6 +24,7 @@ from tunegen.runtime.data.jsonl import (
     read_records,
     require_fields,
 )
+from tunegen.runtime.data.packing import PackedDataset, PackSampler, best_fit_decreasing
 from tunegen.runtime.data.preference import PreferenceDataset, preference_collate
 from tunegen.runtime.data.sampler import ResumableSampler
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
@@ -40,14 +41,18 @@ __all__ = [
     "InstructDataset",
     "Message",
     "NumberedRecord",
+    "PackSampler",
+    "PackedDataset",
     "PreferenceDataset",
     "PromptTemplate",
     "ResumableSampler",
     "Segment",
     "TextDataset",
+    "best_fit_decreasing",
     "chat_prompt_tokens",
     "chat_segments",
     "generation_prompt",
+    "packed_collate",
     "padded_collate",
     "preference_collate",
     "read_chat_examples",

@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["ResumableSampler"]
+__all__ = ["ResumableSampler", "epoch_generator"]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch) alone, for an epoch's data order."""
+    generator = torch.Generator()
+    # Mix seed and epoch so that (seed, epoch + 1) never repeats (seed + 1, epoch).
+    generator.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return generator
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):
@@ -39,9 +47,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         """The full order of the current epoch, before `skip` is applied."""
         if not self.shuffle:
             return list(range(self.dataset_len))
-        generator = torch.Generator()
-        # Mix seed and epoch so that (seed, epoch + 1) never repeats (seed + 1, epoch).
-        generator.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        generator = epoch_generator(self.seed, self.epoch)
         return torch.randperm(self.dataset_len, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
