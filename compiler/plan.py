@@ -120,6 +120,7 @@ class Plan:
     summary: str
     objective: str  # what the loss is: "sft" (cross-entropy), "dpo" or "kd"
     dora: bool  # the adapters are DoRA (features/adapters.py.j2 asks)
+    packed: bool  # batches are packed rows (the objectives' collate and forward ask)
     # The feature parts (templates/features/<name>.py.j2) the recipe carries, in the order their
     # code appears at every hook; templates never test a flag to add a feature's code.
     features: tuple[str, ...]
@@ -171,6 +172,7 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         summary=summary,
         objective=objective,
         dora=dora,
+        packed=spec.data.packed,
         features=_features(spec, objective, adapters),
         saved_weights="adapter" if adapters else "model",
         spec_source=_display_path(parsed.path),
@@ -194,6 +196,8 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
         "quantization": spec.method == "qlora",
         "adapters": adapters,
         "full_weights": not adapters,
+        "samples": not spec.data.packed,
+        "packed": spec.data.packed,
         "reference_copy": objective == "dpo" and not adapters,
         "reference_adapters_off": objective == "dpo" and adapters,
         "clip_grad_norm": training.clip_grad_norm is not None,

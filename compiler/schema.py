@@ -130,6 +130,11 @@ class DataSpec(_Section):
         False, "also compute the loss on prompts and user turns (instruct and chat data)"
     )
     shuffle: bool = option(True, "shuffle the samples every epoch (the order depends only on seed)")
+    packed: bool = option(
+        False,
+        "pack whole samples into rows of max_seq_len tokens (best fit decreasing), each "
+        "attending and trained only within itself: no padding (sft, lora, dora, qlora, kd)",
+    )
     max_dropped_fraction: float = option(
         0.01,
         "share of records that may train nothing and be dropped (no assistant turn, no loss "

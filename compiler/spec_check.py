@@ -88,6 +88,12 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             "data.format",
             "method: dpo needs data.format: preference (records with prompt, chosen, rejected)",
         )
+    if data.packed and spec.method == "dpo":
+        problem(
+            "data.packed",
+            "method: dpo does not pack: each chosen response is compared with its rejected one "
+            "row by row; remove data.packed",
+        )
     if data.format != "instruct" and spec.eval is not None:
         problem("eval", "exact-match evaluation needs data.format: instruct")
     training = spec.training

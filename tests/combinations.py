@@ -35,6 +35,16 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "training": {"dtype": "bf16"},
         "checkpoint": {"export_merged": True},
     },
+    "full_packed_activation_checkpointing": {
+        "method": "full",
+        "data": {**INSTRUCT, "packed": True},
+        "training": {"activation_checkpointing": True, "grad_accum": 2},
+    },
+    "kd_lora_packed": {
+        "method": "kd",
+        "kd": {**TEACHER, "use_lora": True},
+        "data": {**INSTRUCT, "packed": True},
+    },
     "dora_grad_accum_skip_nonfinite": {
         "method": "dora",
         "training": {"grad_accum": 2, "on_nonfinite_loss": "skip"},

@@ -253,6 +253,17 @@ CASES: dict[str, Case] = {
         ["new", "-s", "spec.yaml"],
         "method: dpo needs data.format: preference",
     ),
+    "spec_dpo_packed": Case(
+        "spec",
+        {
+            "spec.yaml": SPEC.replace("method: full", "method: dpo").replace(
+                "max_seq_len: 64", "format: preference, packed: true"
+            ),
+            "train.jsonl": '{"prompt": "x", "chosen": "y", "rejected": "z"}\n',
+        },
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:4: data.packed: method: dpo does not pack",
+    ),
     "spec_kd_without_teacher": Case(
         "spec",
         _spec_with("method: full", "method: kd"),
