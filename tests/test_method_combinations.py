@@ -61,7 +61,12 @@ def test_combination_compiles_and_runs(name: str, teacher: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["dpo_dora", "kd_lora_dora_eval_profiler", "qlora_dora_activation_checkpointing"],
+    [
+        "dpo_dora",
+        "full_packed_activation_checkpointing",
+        "kd_lora_dora_eval_profiler",
+        "qlora_dora_activation_checkpointing",
+    ],
 )
 def test_resume_gives_the_uninterrupted_losses(name: str, teacher: Path) -> None:
     settings = {k: v for k, v in COMBINATIONS[name].items() if k not in ("eval", "profiler")}
