@@ -100,16 +100,32 @@ logging: {every_n_steps: 1}
 """
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dir with the compiled `killed` recipe and its uninterrupted reference run."""
-    root = tmp_path_factory.mktemp("killed")
+# The same run on packed rows, shorter: packs, their order and the skip on resume are exact too.
+PACKED_SPEC = SPEC.replace("max_seq_len: 64}", "max_seq_len: 64, packed: true}").replace(
+    "max_steps: 80", "max_steps: 20"
+)
+
+
+def compile_and_run_reference(root: Path, spec: str) -> Path:
+    """Compile `spec` as the `killed` recipe in `root` and run it uninterrupted."""
     shutil.copytree(Path(__file__).resolve().parents[1] / "specs" / "data", root / "data")
-    (root / "spec.yaml").write_text(SPEC)
+    (root / "spec.yaml").write_text(spec)
     assert tunegen("new", "--spec", "spec.yaml", cwd=root).returncode == 0
     reference = start("runs/reference", cwd=root)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dir with the compiled `killed` recipe and its uninterrupted reference run."""
+    return compile_and_run_reference(tmp_path_factory.mktemp("killed"), SPEC)
+
+
+@pytest.fixture(scope="module")
+def packed_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same on packed rows (data.packed: true), 20 steps."""
+    return compile_and_run_reference(tmp_path_factory.mktemp("packed"), PACKED_SPEC)
 
 
 def start(output_dir: str, *extra: str, cwd: Path | None = None) -> subprocess.Popen:
@@ -132,16 +148,16 @@ def wait_for_steps(path: Path, steps: int, process: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def assert_matches_reference(run: Path) -> None:
+def assert_matches_reference(run: Path, total: int = 80) -> None:
     """Every step of `run` was logged exactly once with the reference loss, and the final
     adapters are bit-identical; no step dir is incomplete and no temp dir is left."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in records if "loss" in row]
-    assert steps == list(range(1, 81)), steps
+    assert steps == list(range(1, total + 1)), steps
     expected = losses(Path("runs/reference/metrics.jsonl"))
     assert all(row["loss"] == expected[row["step"]] for row in records if "loss" in row)
-    final_a = load_file("runs/reference/step_000080/adapter.safetensors")
-    final_b = load_file(run / "step_000080" / "adapter.safetensors")
+    final_a = load_file(f"runs/reference/step_{total:06d}/adapter.safetensors")
+    final_b = load_file(run / f"step_{total:06d}" / "adapter.safetensors")
     assert final_a.keys() == final_b.keys()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     complete = {path.name for path in run.glob("step_*") if Checkpointer.is_complete(path)}
@@ -169,6 +185,23 @@ def test_sigkill_mid_training_then_resume_auto_gives_identical_losses_and_weight
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     # The steps replayed after the kill replace those the killed run logged after its checkpoint.
     assert_matches_reference(run)
+    assert '{"event": "resume", "step": ' in (run / "metrics.jsonl").read_text()
+
+
+def test_sigkill_a_packed_run_then_resume_auto_gives_identical_losses_and_weights(
+    packed_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(packed_project)
+    run = Path("runs/sigkill")
+    victim = start(str(run))
+    wait_for_steps(run / "metrics.jsonl", 7, victim)  # past the step-5 checkpoint
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert len(losses(run / "metrics.jsonl")) < 20  # it really was interrupted
+
+    resumed = start(str(run), "training.resume=auto")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert_matches_reference(run, total=20)
     assert '{"event": "resume", "step": ' in (run / "metrics.jsonl").read_text()
 
 
