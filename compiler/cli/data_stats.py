@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from tunegen.runtime.data.collate import IGNORE_INDEX
 from tunegen.runtime.data.examples import DroppedRecord
-from tunegen.runtime.data.packing import pack_examples
+from tunegen.runtime.data.packing import best_fit_decreasing
 
 __all__ = ["DatasetStats", "dataset_stats", "item_sequences"]
 
@@ -31,8 +31,8 @@ class DatasetStats:
 
     Padding is measured as the recipe batches: `batch_size` samples per batch, each batch padded
     to its longest sample, here in dataset order (the recipe shuffles; the expected waste is
-    about the same). `packed_*` describe the alternative of packing samples into sequences of
-    `max_seq_len` tokens (see `packing.py`).
+    about the same). `packed_*` describe `data.packed: true`: samples packed best-fit-decreasing
+    into sequences of `max_seq_len` tokens, as training packs them (see `packing.py`).
     """
 
     samples: int
@@ -93,7 +93,7 @@ def dataset_stats(dataset: Dataset, *, batch_size: int) -> DatasetStats:
         truncated_tokens = sum(n - max_seq_len for n in untruncated if n > max_seq_len)
     packs = packed_share = None
     if max_seq_len is not None and rows_per_item == 1:  # preference rows are never packed
-        packs = len(pack_examples(lengths, max_seq_len))
+        packs = len(best_fit_decreasing(lengths, max_seq_len))
         packed_share = _waste(sum(lengths), packs * max_seq_len)
     batches = _batches(lengths, batch_size * rows_per_item)
     return DatasetStats(

@@ -28,7 +28,7 @@ from tunegen.runtime.config import (
     resolve_config_paths,
 )
 from tunegen.runtime.data.collate import IGNORE_INDEX
-from tunegen.runtime.data.packing import pack_examples
+from tunegen.runtime.data.packing import PackSampler
 from tunegen.runtime.errors import ConfigError, TunegenError
 from tunegen.runtime.tokenizers.base import Tokenizer
 
@@ -258,14 +258,25 @@ def render_sample(view: DataView, index: int, style: Style) -> str:
 
 
 def render_packs(view: DataView, count: int, style: Style) -> list[str]:
-    """The first `count` packed sequences, as packing would build them, with document breaks."""
+    """The first `count` packed rows of the first epoch, exactly as `data.packed` training reads
+    them (the same `PackSampler`, seed and shuffle), with document breaks.
+
+    A document's first token is shown without loss: in a packed row it is never a target (the
+    previous document's last position would predict it), and alone it never is either.
+    """
     max_seq_len = getattr(view.dataset, "max_seq_len", None)
     if max_seq_len is None:
         raise TunegenError("--packed needs a dataset with a max_seq_len")
     if "tokens" not in view.dataset[0]:
         raise TunegenError("--packed: preference pairs are not packed (DPO compares whole rows)")
     lengths = [len(view.dataset[i]["tokens"]) for i in range(len(view.dataset))]
-    packs = pack_examples(lengths, max_seq_len)
+    sampler = PackSampler(
+        lengths,
+        max_seq_len,
+        shuffle=bool(OmegaConf.select(view.cfg, "dataloader.shuffle", default=True)),
+        seed=int(OmegaConf.select(view.cfg, "environment.seed", default=0)),
+    )
+    packs = list(sampler)  # epoch 0, the first the run trains
     if count > len(packs):
         raise TunegenError(f"--show: there are only {len(packs)} packed sequences")
     rendered = []
@@ -276,9 +287,11 @@ def render_packs(view: DataView, count: int, style: Style) -> list[str]:
             item = view.dataset[index]
             if number > 1:
                 parts.append(style.document_break(number, _line_of(view.dataset, index)))
-            parts.append(_render_tokens(view.tokenizer, item["tokens"], item["labels"], style))
+            labels = [IGNORE_INDEX, *item["labels"][1:]]
+            parts.append(_render_tokens(view.tokenizer, item["tokens"], labels, style))
         header = (
-            f"── packed sequence {pack_index + 1} of {len(packs):,}: {len(members)} documents, "
+            f"── packed sequence {pack_index + 1} of {len(packs):,} (training order, epoch 1): "
+            f"{len(members)} documents, "
             f"{used} of {max_seq_len} tokens ({max_seq_len - used} padding)"
         )
         rendered.append(header + "\n" + "".join(parts))

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from tunegen.compiler.cli import app
 from tunegen.runtime.config import instantiate, load_config
 from tunegen.runtime.data import IGNORE_INDEX, padded_collate
-from tunegen.runtime.data.packing import pack_examples
+from tunegen.runtime.data.packing import PackSampler, best_fit_decreasing
 from tunegen.runtime.tokenizers import builtin_tokenizer
 
 RECORDS = [
@@ -124,7 +124,7 @@ def expected_stats() -> dict:
         loss += kept_response
     batches = [lengths[i : i + BATCH_SIZE] for i in range(0, len(lengths), BATCH_SIZE)]
     padded = sum(len(b) * max(b) for b in batches)
-    packs = len(pack_examples(lengths, MAX_SEQ_LEN))
+    packs = len(best_fit_decreasing(lengths, MAX_SEQ_LEN))
     return {
         "samples": len(lengths),
         "dropped": len(dropped_lines),
@@ -218,11 +218,20 @@ def load_config_from_spec(spec: Path):
     return compiled_config(compile_spec(spec))
 
 
-def test_packed_preview_shows_document_boundaries(small_spec: Path) -> None:
+def test_packed_preview_shows_the_first_row_training_reads(small_spec: Path) -> None:
     code, out = run_data(str(small_spec), "--packed", "dataset.max_seq_len=64")
     assert code == 0, out
-    assert "── packed sequence 1 of" in out
-    assert out.count("‖ document 2 (line 2) ‖") == 1
+    cfg = load_config_from_spec(small_spec)
+    cfg.dataset.max_seq_len = 64
+    dataset = instantiate(cfg.dataset, tokenizer=instantiate(cfg.tokenizer))
+    lengths = [len(dataset[i]["tokens"]) for i in range(len(dataset))]
+    sampler = PackSampler(lengths, 64, shuffle=True, seed=cfg.environment.seed)
+    first = next(iter(sampler))  # the recipe's first packed row
+    assert len(first) > 1
+    assert f"── packed sequence 1 of {len(sampler)} (training order, epoch 1): " in out
+    assert f"{len(first)} documents, {sum(lengths[i] for i in first)} of 64 tokens" in out
+    for number, index in enumerate(first[1:], start=2):
+        assert out.count(f"‖ document {number} (line {dataset.lines[index]}) ‖") == 1
 
 
 def test_colour_on_a_terminal_marks_loss_tokens_green(small_spec: Path, monkeypatch) -> None:
