@@ -30,6 +30,7 @@ FROM_IMPORTS = {
     "load_training_state": "tunegen.runtime.checkpointing",
     "load_weights_into": "tunegen.runtime.checkpointing",
     "instantiate": "tunegen.runtime.config",
+    "LengthBucketSampler": "tunegen.runtime.data",
     "PackSampler": "tunegen.runtime.data",
     "PackedDataset": "tunegen.runtime.data",
     "ResumableSampler": "tunegen.runtime.data",

@@ -135,6 +135,11 @@ class DataSpec(_Section):
         "pack whole samples into rows of max_seq_len tokens (best fit decreasing), each "
         "attending and trained only within itself: no padding (sft, lora, dora, qlora, kd)",
     )
+    bucket_by_length: bool = option(
+        False,
+        "batch samples of similar length (sorted within shuffled windows of 64 batches), so "
+        "batches hold little padding without packing (sft, lora, dora, qlora, kd)",
+    )
     max_dropped_fraction: float = option(
         0.01,
         "share of records that may train nothing and be dropped (no assistant turn, no loss "

@@ -94,6 +94,13 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             "method: dpo does not pack: each chosen response is compared with its rejected one "
             "row by row; remove data.packed",
         )
+    if data.bucket_by_length and data.packed:
+        problem("data.bucket_by_length", "packed rows hold no padding to save; set one of the two")
+    elif data.bucket_by_length and spec.method == "dpo":
+        problem(
+            "data.bucket_by_length",
+            "method: dpo batches preference pairs as they come; remove data.bucket_by_length",
+        )
     if data.format != "instruct" and spec.eval is not None:
         problem("eval", "exact-match evaluation needs data.format: instruct")
     training = spec.training

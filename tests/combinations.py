@@ -40,6 +40,11 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "data": {**INSTRUCT, "packed": True},
         "training": {"activation_checkpointing": True, "grad_accum": 2},
     },
+    "lora_length_buckets": {
+        "method": "lora",
+        "data": {**INSTRUCT, "bucket_by_length": True},
+        "training": {"grad_accum": 2},
+    },
     "kd_lora_packed": {
         "method": "kd",
         "kd": {**TEACHER, "use_lora": True},

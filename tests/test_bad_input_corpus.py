@@ -264,6 +264,12 @@ CASES: dict[str, Case] = {
         ["new", "-s", "spec.yaml"],
         "spec.yaml:4: data.packed: method: dpo does not pack",
     ),
+    "spec_packed_and_length_buckets": Case(
+        "spec",
+        _spec_with("max_seq_len: 64}", "packed: true, bucket_by_length: true}"),
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:4: data.bucket_by_length: packed rows hold no padding to save",
+    ),
     "spec_kd_without_teacher": Case(
         "spec",
         _spec_with("method: full", "method: kd"),

@@ -65,6 +65,7 @@ def test_combination_compiles_and_runs(name: str, teacher: Path) -> None:
         "dpo_dora",
         "full_packed_activation_checkpointing",
         "kd_lora_dora_eval_profiler",
+        "lora_length_buckets",
         "qlora_dora_activation_checkpointing",
     ],
 )

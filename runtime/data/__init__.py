@@ -26,7 +26,7 @@ from tunegen.runtime.data.jsonl import (
 )
 from tunegen.runtime.data.packing import PackedDataset, PackSampler, best_fit_decreasing
 from tunegen.runtime.data.preference import PreferenceDataset, preference_collate
-from tunegen.runtime.data.sampler import ResumableSampler
+from tunegen.runtime.data.sampler import LengthBucketSampler, ResumableSampler
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
 from tunegen.runtime.data.text import TextDataset
 
@@ -39,6 +39,7 @@ __all__ = [
     "ChatDataset",
     "ChatTemplate",
     "InstructDataset",
+    "LengthBucketSampler",
     "Message",
     "NumberedRecord",
     "PackSampler",

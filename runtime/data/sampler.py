@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["ResumableSampler", "epoch_generator"]
+__all__ = ["LengthBucketSampler", "ResumableSampler", "epoch_generator"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -55,3 +55,49 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.dataset_len - self.skip
+
+
+class LengthBucketSampler(ResumableSampler):
+    """Like `ResumableSampler`, but consecutive `batch_size` indices have similar lengths.
+
+    The epoch's shuffled order is cut into windows of `window` batches; each window is sorted by
+    length (longest first) and cut into batches, and the batches of all windows are shuffled.
+    A batch padded to its longest sample then holds little padding, while the data still mixes
+    across the epoch. Only the last incomplete batch (which `drop_last` drops) stays at the end,
+    so batch boundaries line up with the DataLoader's for every `skip` that is a multiple of
+    `batch_size` (which a resumed run's is: steps done * grad_accum * batch_size).
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        window: int = 64,
+    ) -> None:
+        super().__init__(len(lengths), shuffle=shuffle, seed=seed)
+        if batch_size < 1 or window < 1:
+            raise ValueError(f"batch_size and window must be >= 1, got {batch_size}, {window}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.window = window
+
+    def order(self) -> list[int]:
+        """The full order of the current epoch, before `skip` is applied."""
+        generator = epoch_generator(self.seed, self.epoch)
+        if self.shuffle:
+            base = torch.randperm(self.dataset_len, generator=generator).tolist()
+        else:
+            base = list(range(self.dataset_len))
+        size, span = self.batch_size, self.batch_size * self.window
+        batches: list[list[int]] = []
+        for start in range(0, len(base), span):
+            ranked = sorted(base[start : start + span], key=lambda i: -self.lengths[i])
+            batches += [ranked[i : i + size] for i in range(0, len(ranked), size)]
+        tail = batches.pop() if batches and len(batches[-1]) < size else []
+        if self.shuffle:
+            shuffled = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in shuffled]
+        return [index for batch in batches for index in batch] + tail

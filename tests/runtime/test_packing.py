@@ -1,5 +1,6 @@
 """Packing: best-fit-decreasing packs, the resumable pack order, the packed collate, and packed
-training equal to unpacked training (losses and gradients) for every model family's shape."""
+training equal to unpacked training (losses and gradients) for every model family's shape; and
+length-bucketed batches, the padding-free mode for unpacked samples."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import random
 import pytest
 import torch
 
-from tunegen.runtime.data.collate import IGNORE_INDEX, packed_collate
+from tunegen.runtime.data.collate import IGNORE_INDEX, packed_collate, padded_collate
 from tunegen.runtime.data.packing import (
     PackedDataset,
     PackSampler,
     best_fit_decreasing,
     pack_examples,
 )
+from tunegen.runtime.data.sampler import LengthBucketSampler, ResumableSampler
 from tunegen.runtime.losses import CrossEntropyLoss
 from tunegen.runtime.models.llama import (
     Documents,
@@ -61,11 +63,16 @@ def random_documents(count: int, seed: int) -> list[dict[str, list[int]]]:
     return documents
 
 
+def random_lengths(count: int, low: int, high: int, *, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(low, high) for _ in range(count)]
+
+
 # --- best-fit-decreasing -------------------------------------------------------------------------
 
 
 def test_best_fit_decreasing_places_each_example_once_and_whole() -> None:
-    lengths = [random.Random(1).randint(0, 30) for _ in range(200)]
+    lengths = random_lengths(200, 0, 30, seed=1)
     packs = best_fit_decreasing(lengths, 32)
     placed = sorted(i for pack in packs for i in pack)
     assert placed == [i for i, n in enumerate(lengths) if n > 0]  # empty examples are dropped
@@ -87,7 +94,7 @@ def test_best_fit_decreasing_refuses_an_example_longer_than_a_pack() -> None:
 
 
 def test_pack_order_depends_only_on_seed_and_epoch_and_resumes_by_skipping() -> None:
-    lengths = [random.Random(2).randint(1, 40) for _ in range(100)]
+    lengths = random_lengths(100, 1, 40, seed=2)
     sampler = PackSampler(lengths, MAX_SEQ_LEN, seed=3)
     epochs = []
     for epoch in range(3):
@@ -248,3 +255,45 @@ def test_a_packed_step_equals_the_documents_run_separately(
     assert packed_losses == pytest.approx(alone_losses, abs=1e-5, rel=1e-5)
     for name, p in alone.named_parameters():
         torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+# --- padding-free batches of unpacked samples ----------------------------------------------------
+
+
+def padding_of(order: list[int], lengths: list[int], batch_size: int) -> int:
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in full)
+
+
+def test_length_buckets_cut_padding_and_resume_by_skipping() -> None:
+    lengths = random_lengths(1003, 1, 200, seed=9)
+    sampler = LengthBucketSampler(lengths, batch_size=8, seed=1, window=16)
+    order = sampler.order()
+    assert sorted(order) == list(range(1003))
+    plain = ResumableSampler(1003, seed=1).order()  # the same shuffle, before bucketing
+    assert padding_of(order, lengths, 8) < padding_of(plain, lengths, 8) / 4
+    # The incomplete batch (dropped by drop_last) is the last window's three shortest samples.
+    last_window = sorted(plain[896:], key=lambda i: -lengths[i])
+    assert order[-3:] == last_window[-3:]
+    resumed = LengthBucketSampler(lengths, batch_size=8, seed=1, window=16)
+    resumed.set_epoch(0, skip=24)
+    assert list(resumed) == order[24:]
+    sampler.set_epoch(1)
+    assert sampler.order() != order
+
+
+def test_a_length_bucketed_batch_gives_each_sample_its_own_loss() -> None:
+    model = build("qwen2").eval()
+    documents = random_documents(16, seed=10)
+    lengths = [len(d["tokens"]) for d in documents]
+    order = LengthBucketSampler(lengths, batch_size=4, seed=2, window=4).order()
+    loss_fn = CrossEntropyLoss()
+    for start in range(0, 16, 4):
+        batch = padded_collate([documents[i] for i in order[start : start + 4]], pad_id=0)
+        logits = model(batch["tokens"])
+        for row, index in enumerate(order[start : start + 4]):
+            together, _ = loss_fn(logits[row : row + 1], batch["labels"][row : row + 1])
+            tokens = torch.tensor([documents[index]["tokens"]])
+            alone, _ = loss_fn(model(tokens), torch.tensor([documents[index]["labels"]]))
+            torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
