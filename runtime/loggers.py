@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -89,7 +90,8 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.close()
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=step if step > 0 else None)
+        # Events from step + 1 on (logged after the checkpoint, trained again now) are hidden.
+        self._writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step > 0 else None)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._writer is None:
@@ -110,7 +112,9 @@ class WandbLogger:
     `wandb sync DIR/wandb/offline-run-*` uploads it later.
     """
 
-    def __init__(self, *, log_dir: str | Path, project: str = "tunegen", name: str | None = None) -> None:
+    def __init__(
+        self, *, log_dir: str | Path, project: str = "tunegen", name: str | None = None
+    ) -> None:
         self._wandb = _require("wandb")
         self.log_dir = Path(log_dir)
         self.project, self.name = project, name
@@ -146,11 +150,12 @@ class MLflowLogger:
         self._run_id: str | None = None
 
     def start_at(self, step: int) -> None:
+        # MLflow 3 keeps the file store behind this switch (it prefers a database server);
+        # a file store needs nothing but the run dir, which is what a recipe's run wants.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         client = self._mlflow.tracking.MlflowClient(tracking_uri=self.log_dir.as_uri())
         found = client.get_experiment_by_name(self.experiment)
-        experiment_id = (
-            found.experiment_id if found else client.create_experiment(self.experiment)
-        )
+        experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
         self._client = client
         self._run_id = client.create_run(experiment_id, run_name=self.run_name).info.run_id
 

@@ -76,7 +76,11 @@ class Progress:
                 else SMOOTHING * self.smoothed_loss + (1 - SMOOTHING) * loss
             )
         val = self.last.get("val_loss")
-        if val is not None and math.isfinite(val) and (self.best_val is None or val < self.best_val[0]):
+        if (
+            val is not None
+            and math.isfinite(val)
+            and (self.best_val is None or val < self.best_val[0])
+        ):
             self.best_val = (val, step)
         now = self.last_step_at = time.perf_counter()
         if self.live and (now - self._drawn_at >= _REDRAW_SECONDS or step == self.total_steps):
@@ -126,7 +130,9 @@ class Progress:
             f"done: step {self.step}/{self.total_steps} ({trained} trained in {_duration(seconds)}{resumed}{rate})"
         ]
         if "loss" in self.last:
-            smoothed = f" (smoothed {self.smoothed_loss:.4f})" if self.smoothed_loss is not None else ""
+            smoothed = (
+                f" (smoothed {self.smoothed_loss:.4f})" if self.smoothed_loss is not None else ""
+            )
             lines.append(f"  final train loss   {self.last['loss']:.4f}{smoothed}")
         if self.best_val is not None:
             lines.append(f"  best val loss      {self.best_val[0]:.4f} at step {self.best_val[1]}")
@@ -204,7 +210,7 @@ class MemoryUsage:
 def memory_usage(device: torch.device | str = "cpu", *, peak: bool = False) -> MemoryUsage:
     """Memory now (or the peak so far): RSS of this process, and CUDA's allocator on a GPU."""
     device = torch.device(device)
-    rss = _peak_rss() if peak else _current_rss()
+    rss = max(_peak_rss(), _current_rss()) if peak else _current_rss()
     if device.type != "cuda":
         return MemoryUsage(rss)
     if peak:
@@ -259,7 +265,7 @@ def _gib(n: int) -> str:
 
 def _duration(seconds: float) -> str:
     """m:ss under an hour, h:mm:ss above."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     if hours == 0:
         return f"{rest // 60}:{rest % 60:02d}"
