@@ -123,7 +123,11 @@ class WandbLogger:
     def start_at(self, step: int) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._run = self._wandb.init(
-            mode="offline", dir=str(self.log_dir), project=self.project, name=self.name, reinit=True
+            mode="offline",
+            dir=str(self.log_dir),
+            project=self.project,
+            name=self.name,
+            settings=self._wandb.Settings(silent=True),  # the run's summary names the dir
         )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -20,10 +20,19 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
-__all__ = ["Progress", "echo", "ema", "live_line_shown", "memory_usage"]
+__all__ = [
+    "Progress",
+    "echo",
+    "ema",
+    "end_live_line",
+    "live_line_shown",
+    "memory_usage",
+    "run_outputs",
+]
 
 MODES = ("auto", "bar", "lines")
 SMOOTHING = 0.9  # weight of the past in the smoothed loss (an EMA over ~10 steps)
@@ -163,14 +172,20 @@ class Progress:
         sys.stdout.flush()
 
 
-def echo(text: str) -> None:
-    """Print a line; with a live progress line on screen, above it (then redraw the line)."""
+def echo(text: str, *, file: TextIO | None = None) -> None:
+    """Print a line (to stdout, or `file`); with a live progress line on screen, above it."""
     shown = _live
     if shown is not None:
         shown._clear()
-    print(text, flush=True)
+    print(text, file=file or sys.stdout, flush=True)
     if shown is not None:
         shown._draw()
+
+
+def end_live_line() -> None:
+    """Leave the live progress line where it is and move below it (before a final message)."""
+    if _live is not None:
+        _live.close()
 
 
 def live_line_shown() -> bool:
