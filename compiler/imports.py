@@ -62,6 +62,7 @@ FROM_IMPORTS = {
     "check_finite_loss": "tunegen.runtime.numerics",
     "save_peft_adapter": "tunegen.runtime.peft_export",
     "Profiler": "tunegen.runtime.profiling",
+    "Progress": "tunegen.runtime.progress",
     "dequantize_base_weights": "tunegen.runtime.quantization",
     "quantize_base_weights": "tunegen.runtime.quantization",
     "RunLength": "tunegen.runtime.run_config",

@@ -330,22 +330,8 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
     sections += [
         Section(
             "logging",
-            "metrics go to stdout and to a JSONL file in the run dir",
-            (
-                Section(
-                    "metric_logger",
-                    "",
-                    (
-                        _component("tunegen.runtime.metric_logging.MetricLogger"),
-                        Entry("log_dir", RUN_DIR, "metrics.jsonl is appended here"),
-                    ),
-                ),
-                Entry(
-                    "every_n_steps",
-                    spec.logging.every_n_steps,
-                    doc_of(LoggingSpec, "every_n_steps"),
-                ),
-            ),
+            "metrics go to the console and to a JSONL file in the run dir",
+            _logging_items(spec.logging),
         ),
         Section(
             "environment",
@@ -358,6 +344,48 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
         ),
     ]
     return tuple(sections)
+
+
+def _logging_items(logging: LoggingSpec) -> tuple[Entry | Section, ...]:
+    """The metric logger (with a section per extra backend), how often it logs, the console."""
+    logger: tuple[Entry | Section, ...] = (
+        _component("tunegen.runtime.metric_logging.MetricLogger"),
+        Entry("log_dir", RUN_DIR, "metrics.jsonl is appended here"),
+    )
+    backends = [name for name in dict.fromkeys(logging.backends) if name != "jsonl"]
+    if backends:
+        logger += (
+            Section(
+                "backends",
+                "each also receives every logged step",
+                tuple(_backend_section(name) for name in backends),
+            ),
+        )
+    return (
+        Section("metric_logger", "", logger),
+        Entry("every_n_steps", logging.every_n_steps, doc_of(LoggingSpec, "every_n_steps")),
+        Entry("progress", logging.progress, doc_of(LoggingSpec, "progress")),
+    )
+
+
+# spec backend name -> (class, its directory under the run dir, what the user runs to look)
+_BACKENDS = {
+    "tensorboard": ("TensorBoardLogger", "tensorboard", "tensorboard --logdir DIR"),
+    "wandb": ("WandbLogger", "wandb", "offline W&B run; wandb sync uploads it"),
+    "mlflow": ("MLflowLogger", "mlruns", "MLflow file store; mlflow ui --backend-store-uri DIR"),
+}
+
+
+def _backend_section(name: str) -> Section:
+    cls, folder, comment = _BACKENDS[name]
+    return Section(
+        name,
+        comment,
+        (
+            _component(f"tunegen.runtime.loggers.{cls}"),
+            Entry("log_dir", f"{RUN_DIR}/{folder}"),
+        ),
+    )
 
 
 def _component(dotted: str) -> Entry:

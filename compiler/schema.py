@@ -264,6 +264,15 @@ class LoggingSpec(_Section):
     """Metrics."""
 
     every_n_steps: int = option(1, "log loss, lr and tokens/s every N optimizer steps", ge=1)
+    backends: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = option(
+        ["jsonl"],
+        "where metrics go: jsonl (metrics.jsonl, always written), tensorboard, wandb (offline), "
+        "mlflow (local file store); each but jsonl is an extra: pip install 'tunegen[NAME]'",
+    )
+    progress: Literal["auto", "bar", "lines"] = option(
+        "auto",
+        "console: auto (a live progress line on a terminal, plain log lines otherwise), bar, lines",
+    )
 
 
 class EvalSpec(_Section):
@@ -349,6 +358,7 @@ CONFIG_KEYS: dict[str, str] = {
     "profiler.warmup_steps": "profiler.warmup_steps",
     "profiler.active_steps": "profiler.active_steps",
     "logging.every_n_steps": "logging.every_n_steps",
+    "logging.progress": "logging.progress",
     "environment.device": "training.device",
     "environment.dtype": "training.dtype",
     "environment.seed": "training.seed",

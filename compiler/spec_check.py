@@ -120,6 +120,17 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             f"expected true, false, auto or an existing checkpoint dir; {resume!r} is none of these",
         )
     _check_files(spec, parsed, problem)
+    _check_logging_backends(spec, problem)
+
+
+def _check_logging_backends(spec: Spec, problem: Any) -> None:
+    """Each chosen metrics backend's library is installed (each is an optional extra)."""
+    from tunegen.runtime.loggers import missing_extra
+
+    for i, backend in enumerate(spec.logging.backends):
+        why = missing_extra(backend)
+        if why is not None:
+            problem(f"logging.backends[{i}]", why)
 
 
 def _no_adapters(spec: Spec) -> str:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
+from .progress import echo, end_live_line
 from .run_config import resume_command
 
 __all__ = ["Interrupted", "StopOnSignal", "raise_on_sigterm"]
@@ -83,16 +84,16 @@ class StopOnSignal:
             )
         self.signum = signum
         name = signal.Signals(signum).name
-        print(
+        echo(
             f"{name}: stopping after this step to save a checkpoint (send it again to stop at"
             " once)",
             file=sys.stderr,
-            flush=True,
         )
 
     def _stop(self, step: int) -> None:
         assert self.signum is not None
         self._save()
+        end_live_line()
         print(
             f"interrupted at step {step}; checkpoint saved to {self._latest()}; resume with:"
             f" {resume_command()}",

@@ -7,6 +7,11 @@ and about to be trained again) are dropped, and a resume is marked with `{"event
 "step": N}`, so no step is ever logged twice. Plain JSON lines need no extra dependency and load
 with `pandas.read_json(path, lines=True)` or `jq`.
 
+Extra backends (TensorBoard, Weights & Biases, MLflow: `tunegen.runtime.loggers`) receive every
+logged record too; they are built from the config as `backends: {name: {_component_: ...}}`.
+On a terminal with a live progress line (`tunegen.runtime.progress`), the per-step lines are not
+printed: the live line shows the run and the JSONL keeps the record.
+
 `real_token_count` and `throughput` give the tokens/s a step reports: real (non-padding) input
 tokens, and the tokens that carry loss where those differ.
 """
@@ -23,6 +28,8 @@ import torch
 from torch import Tensor
 
 from .data.collate import IGNORE_INDEX
+from .loggers import Backend
+from .progress import echo, live_line_shown
 
 __all__ = ["MetricLogger", "real_token_count", "throughput"]
 
@@ -36,11 +43,17 @@ class MetricLogger:
     """
 
     def __init__(
-        self, *, log_dir: str | Path, filename: str = "metrics.jsonl", stdout: bool = True
+        self,
+        *,
+        log_dir: str | Path,
+        filename: str = "metrics.jsonl",
+        stdout: bool = True,
+        backends: Mapping[str, Backend] | None = None,
     ) -> None:
         self.path = Path(log_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stdout = stdout
+        self.backends = dict(backends or {})
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -51,7 +64,9 @@ class MetricLogger:
         record = {"step": step, **{name: _json_value(value) for name, value in values.items()}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
-        if self.stdout:
+        for backend in self.backends.values():
+            backend.log(step, values)
+        if self.stdout and not live_line_shown():
             parts = [f"step {step:>4}"]
             parts += [f"{name} {_format(value)}" for name, value in values.items()]
             print(" | ".join(parts), flush=True)
@@ -71,15 +86,19 @@ class MetricLogger:
         if step > 0:
             self._file.write(json.dumps({"event": "resume", "step": step}) + "\n")
             self._file.flush()
+        for backend in self.backends.values():
+            backend.start_at(step)
 
     def log_text(self, text: str) -> None:
         """Print a free-form line (e.g. "resumed from step_000030"); it is not written to the JSONL."""
         if self.stdout:
-            print(text, flush=True)
+            echo(text)
 
     def close(self) -> None:
-        """Close the file. Safe to call twice."""
+        """Close the file and the backends. Safe to call twice."""
         self._file.close()
+        for backend in self.backends.values():
+            backend.close()
 
 
 def real_token_count(tokens: Tensor, labels: Tensor, *, pad_id: int) -> int:

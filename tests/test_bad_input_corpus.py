@@ -767,6 +767,29 @@ CASES: dict[str, Case] = {
         "pass the generated recipe (.py)",
         setup=_good_recipe,
     ),
+    # -- tunegen plot ------------------------------------------------------------------------------
+    "plot_no_such_run_dir": Case("plot", {}, ["plot", "runs/nope"], "runs/nope: no such dir"),
+    "plot_dir_without_metrics": Case(
+        "plot", {"runs/a/notes.txt": "x"}, ["plot", "runs/a"], "runs/a: no metrics.jsonl in it"
+    ),
+    "plot_metrics_not_json": Case(
+        "plot",
+        {"runs/a/metrics.jsonl": '{"step": 1, "loss": 2.0}\n{"step": 2,\n'},
+        ["plot", "runs/a"],
+        "runs/a/metrics.jsonl:2: not a JSON line",
+    ),
+    "plot_metrics_without_steps": Case(
+        "plot",
+        {"runs/a/metrics.jsonl": '{"event": "resume", "step": 3}\n'},
+        ["plot", "runs/a"],
+        "runs/a/metrics.jsonl: no step records yet",
+    ),
+    "spec_unknown_logging_backend": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\nlogging: {backends: [jsonl, tensorbord]}"),
+        ["new", "-s", "spec.yaml"],
+        "logging.backends[1]",
+    ),
 }
 
 
@@ -809,5 +832,13 @@ def test_corpus_size_and_coverage() -> None:
     for case in CASES.values():
         by_category[case.category] = by_category.get(case.category, 0) + 1
     print(f"\nmalformed-input corpus: {len(CASES)} cases {by_category}")
-    assert set(by_category) == {"spec", "config", "data", "checkpoint", "tokenizer", "update"}
+    assert set(by_category) == {
+        "spec",
+        "config",
+        "data",
+        "checkpoint",
+        "tokenizer",
+        "update",
+        "plot",
+    }
     assert len(CASES) >= 56

@@ -6,6 +6,7 @@
     tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
     tunegen update RECIPE [--spec F] [--dry-run] [--resolved]   a changed spec into your edits (update.py)
     tunegen diff RECIPE                 your edits against what tunegen generated           (update.py)
+    tunegen plot RUN_DIR... [-o F]      loss, lr and tokens/s curves of runs, as one PNG     (plot.py)
     tunegen ls                          built-in specs, methods and models                  (specs.py)
     tunegen cp NAME DEST                copy a built-in spec to edit                        (specs.py)
     tunegen schema [--output F]         the spec's JSON Schema, for editors and tools       (specs.py)
@@ -16,6 +17,7 @@
 from tunegen.compiler.cli import (  # noqa: F401  (importing a command module registers it)
     data,
     new,
+    plot,
     run,
     specs,
     update,

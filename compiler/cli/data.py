@@ -23,7 +23,10 @@ from tunegen.runtime.errors import TunegenError
 __all__ = ["data"]
 
 
-@app.command(context_settings={"ignore_unknown_options": True}, epilog=OVERRIDES_HELP)
+@app.command(
+    context_settings={"ignore_unknown_options": True},
+    epilog=OVERRIDES_HELP + "\n\n\b\nExample:\n  tunegen data my_spec.yaml --show 2",
+)
 def data(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="A spec, or a generated config.")],
     overrides: Overrides = None,

@@ -12,7 +12,11 @@ from tunegen.compiler.cli.app import Debug, app, set_debug, spec_path
 __all__ = ["new"]
 
 
-@app.command()
+@app.command(
+    epilog="\b\nExamples:\n"
+    "  tunegen new --spec lora                 a built-in spec (tunegen ls lists them)\n"
+    "  tunegen new -s my_spec.yaml -o recipes  your spec, written to recipes/"
+)
 def new(
     spec: Annotated[
         str,

@@ -19,7 +19,12 @@ Recipe = Annotated[
 ]
 
 
-@app.command("update")
+@app.command(
+    "update",
+    epilog="\b\nExamples:\n"
+    "  tunegen update generated/lora.py              after editing the spec\n"
+    "  tunegen update generated/lora.py --dry-run    see what would change first",
+)
 def update_recipe(
     recipe: Recipe,
     spec: Annotated[
@@ -44,7 +49,7 @@ def update_recipe(
     _finish(update(recipe, spec=spec_path(spec) if spec else None, dry_run=dry_run))
 
 
-@app.command()
+@app.command(epilog="\b\nExample:\n  tunegen diff generated/lora.py")
 def diff(recipe: Recipe, debug: Debug = False) -> None:
     """Print your edits to the recipe and config against what tunegen generated."""
     set_debug(debug)

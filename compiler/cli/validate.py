@@ -50,7 +50,9 @@ _FOREIGN = (
 
 @app.command(
     context_settings={"ignore_unknown_options": True},
-    epilog=OVERRIDES_HELP,
+    epilog=OVERRIDES_HELP + "\n\n\b\nExamples:\n"
+    "  tunegen validate my_spec.yaml\n"
+    "  tunegen validate generated/lora.yaml training.lr=1e-3",
 )
 def validate(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="A spec, or a generated config.")],

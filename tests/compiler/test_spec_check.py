@@ -286,3 +286,40 @@ def save_tiny_teacher(folder) -> None:
     folder.mkdir()
     with torch.device("meta"):
         (folder / "config.json").write_text(json.dumps(hf_config_for(tiny())))
+
+
+def test_a_logging_backend_that_is_not_installed_names_its_extra(write_spec, monkeypatch, capsys):
+    from tunegen.compiler.cli import main
+    from tunegen.runtime import loggers
+
+    monkeypatch.setitem(loggers._NEEDS, "wandb", ("tunegen_no_such_lib", "wandb"))
+    path = write_spec(GOOD + "logging: {backends: [jsonl, wandb]}\n")
+    monkeypatch.setattr("sys.argv", ["tunegen", "validate", str(path)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}:10: logging.backends[1]: wandb is not installed: "
+        "pip install 'tunegen[wandb]'\n"
+    )
+
+
+def test_logging_backends_become_components_of_the_metric_logger():
+    from tunegen.compiler.plan import _logging_items
+    from tunegen.compiler.schema import LoggingSpec
+
+    logging = LoggingSpec(backends=["jsonl", "tensorboard", "mlflow", "wandb"], progress="lines")
+    logger, every, progress = _logging_items(logging)
+    (backends,) = [item for item in logger.items if item.key == "backends"]
+    assert [(b.key, b.items[0].value, b.items[1].value) for b in backends.items] == [
+        (
+            "tensorboard",
+            "tunegen.runtime.loggers.TensorBoardLogger",
+            "${checkpointer.output_dir}/tensorboard",
+        ),
+        ("mlflow", "tunegen.runtime.loggers.MLflowLogger", "${checkpointer.output_dir}/mlruns"),
+        ("wandb", "tunegen.runtime.loggers.WandbLogger", "${checkpointer.output_dir}/wandb"),
+    ]
+    assert (every.key, progress.key, progress.value) == ("every_n_steps", "progress", "lines")
+    (plain_logger, *_) = _logging_items(LoggingSpec())
+    assert [item.key for item in plain_logger.items] == ["_component_", "log_dir"]
