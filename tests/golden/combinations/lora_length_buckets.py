@@ -31,6 +31,7 @@ from tunegen.runtime.lora import apply_lora, lora_state_dict, mark_only_lora_tra
 from tunegen.runtime.metric_logging import real_token_count, throughput
 from tunegen.runtime.numerics import check_finite_loss
 from tunegen.runtime.peft_export import save_peft_adapter
+from tunegen.runtime.progress import Progress
 from tunegen.runtime.run_config import RunLength
 
 # Only the adapters are saved: the base weights never change.
@@ -155,6 +156,14 @@ class LoRAFinetuneRecipe:
         pad_id = self.tokenizer.pad_id
         # Ctrl-C / SIGTERM: finish the step, save, print how to resume, exit 130 / 143.
         stop = StopOnSignal(self.save_checkpoint, self.checkpointer.latest)
+        # On a terminal, a live line: step, epoch, loss, lr, tokens/s, ETA, memory.
+        self.progress = Progress(
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            start_step=self.global_step,
+            device=self.device,
+            mode=self.cfg.logging.progress,
+        )
         self.model.train()
         while self.global_step < self.total_steps:
             # The data position follows from the step, so a resumed run continues it.
@@ -187,6 +196,7 @@ class LoRAFinetuneRecipe:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 self._log_step(
+                    num_inputs,
                     **metrics,
                     grad_norm=grad_norm.item(),
                     **throughput(
@@ -199,12 +209,14 @@ class LoRAFinetuneRecipe:
                 self._save_if_due()
                 stop.check(self.global_step)
         self.save_checkpoint()
+        self.progress.close()
         stop.release(self.global_step)
 
-    def _log_step(self, **metrics: float) -> None:
+    def _log_step(self, num_inputs: int, /, **metrics: float) -> None:
         step = self.global_step
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr of this step
+        self.progress.update(step, metrics, tokens=num_inputs)
         if step % self.cfg.logging.every_n_steps == 0 or step == self.total_steps:
-            metrics["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr of this step
             self.metric_logger.log(step, metrics)
 
     def _save_if_due(self) -> None:
@@ -239,6 +251,10 @@ class LoRAFinetuneRecipe:
         )
         self.metric_logger.log_text(f"adapter in PEFT format: {export.output_dir}")
 
+    def summarize(self) -> None:
+        """Print what the run did (steps, time, losses, memory) and where it wrote."""
+        self.progress.summary(self.cfg.checkpointer.output_dir)
+
     def cleanup(self) -> None:
         self.metric_logger.close()
 
@@ -251,6 +267,7 @@ def main(argv: list[str]) -> None:
     recipe.setup()
     recipe.train()
     recipe.export_model()
+    recipe.summarize()
     recipe.cleanup()
 
 
