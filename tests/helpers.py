@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +63,34 @@ def tunegen(
     return subprocess.run(
         [*TUNEGEN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def cli_in_process(*argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """`tunegen ARGV` run in this process as the console script runs it (`main()` with
+    `sys.argv`), from `cwd`: (exit status, stdout, stderr). Cheaper than a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, Path.cwd()
+    sys.argv = ["tunegen", *argv]
+    status = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            from tunegen.compiler.cli import main
+
+            main()
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+    return status, out.getvalue(), err.getvalue()
+
+
+def tunegen_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`tunegen ARGS` in this process (see `cli_in_process`), shaped like a finished subprocess."""
+    status, out, err = cli_in_process(*args, cwd=cwd)
+    return subprocess.CompletedProcess(["tunegen", *args], status, out, err)
 
 
 def run_recipe(recipe: str | Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:

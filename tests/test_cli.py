@@ -6,9 +6,6 @@ Most tests run the command in this process, as the console script does (`main()`
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
 import subprocess
 import sys
@@ -16,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import cli_in_process
 from helpers import tunegen as tunegen_subprocess
+from helpers import tunegen_in_process as tunegen
 
-from tunegen.compiler.cli import builtin_specs, main
+from tunegen.compiler.cli import builtin_specs
 from tunegen.runtime.errors import TunegenError
 
 SPEC = """\
@@ -29,32 +28,6 @@ data: {path: data/demo_train.jsonl, max_seq_len: 64}
 training: {max_steps: 3, batch_size: 2}
 logging: {every_n_steps: 1}
 """
-
-
-def cli(*argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
-    """`tunegen ARGV` run in this process as the console script runs it (`main()` with
-    `sys.argv`), from `cwd`: (exit status, stdout, stderr). Cheaper than a subprocess."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, Path.cwd()
-    sys.argv = ["tunegen", *argv]
-    status = 0
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved[0]
-        os.chdir(saved[1])
-    return status, out.getvalue(), err.getvalue()
-
-
-def tunegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`tunegen ARGS` in this process (see `cli`), shaped like a finished subprocess."""
-    status, out, err = cli(*args, cwd=cwd)
-    return subprocess.CompletedProcess(["tunegen", *args], status, out, err)
 
 
 def test_new_writes_recipe_and_config_then_refuses_to_overwrite(demo_workdir):
@@ -256,21 +229,27 @@ def test_spec_paths_are_relative_to_the_spec_and_config_paths_to_the_config(work
     spec = _project(workdir / "project")
     elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
-    status, _, err = cli("new", "--spec", str(spec), "-o", "generated", cwd=workdir / "project")
+    status, _, err = cli_in_process(
+        "new", "--spec", str(spec), "-o", "generated", cwd=workdir / "project"
+    )
     assert status == 0, err
     config = yaml.safe_load((workdir / "project/generated/moved.yaml").read_text())
     assert config["dataset"]["source"] == "../data/train.jsonl"
     assert config["checkpointer"]["output_dir"] == "../runs/moved"
     # Compiled from another directory, the spec's paths still mean the same files (outside the
     # working directory, the config holds them absolute).
-    status, _, err = cli("new", "--spec", str(spec), "-o", str(workdir / "gen2"), cwd=elsewhere)
+    status, _, err = cli_in_process(
+        "new", "--spec", str(spec), "-o", str(workdir / "gen2"), cwd=elsewhere
+    )
     assert status == 0, err
     config = yaml.safe_load((workdir / "gen2/moved.yaml").read_text())
     assert config["dataset"]["source"] == (workdir / "project/data/train.jsonl").as_posix()
     assert config["checkpointer"]["output_dir"] == (workdir / "project/runs/moved").as_posix()
     # The config is valid, and its data found, from any working directory.
     for cwd in (elsewhere, workdir / "project/generated", workdir):
-        status, out, err = cli("validate", str(workdir / "project/generated/moved.yaml"), cwd=cwd)
+        status, out, err = cli_in_process(
+            "validate", str(workdir / "project/generated/moved.yaml"), cwd=cwd
+        )
         assert status == 0, (cwd, err)
         assert "data: 4 samples" in out
 
@@ -309,10 +288,10 @@ def test_a_generated_recipe_runs_from_another_directory(workdir):
 
 
 def test_help_shows_flags_and_metavars_as_users_expect():
-    new = cli("new", "--help")[1]
+    new = cli_in_process("new", "--help")[1]
     assert re.search(r"^  --force +Overwrite", new, re.MULTILINE), new
     assert "-s, --spec FILE" in new and "<bool>" not in new and "<str>" not in new
-    run = cli("run", "--help")[1]
+    run = cli_in_process("run", "--help")[1]
     assert "-c, --config PATH" in run and "[KEY=VALUE]..." in run
     for example in ("key.sub=value", "+key.sub=value", "~key.sub", "tunegen run generated/"):
         assert example in run, run
@@ -320,21 +299,21 @@ def test_help_shows_flags_and_metavars_as_users_expect():
 
 def test_debug_is_accepted_before_and_after_every_command(workdir):
     Path("empty.yaml").write_text("")
-    assert cli("validate", "empty.yaml")[0] == 2
+    assert cli_in_process("validate", "empty.yaml")[0] == 2
     for argv in (["--debug", "validate", "empty.yaml"], ["validate", "empty.yaml", "--debug"]):
         with pytest.raises(TunegenError, match="the file is empty"):  # the traceback shows
-            cli(*argv)
+            cli_in_process(*argv)
     for command in ("new", "validate", "run", "data", "ls", "cp"):
-        assert "--debug" in cli(command, "--help")[1], command
-    assert cli("ls", "--debug")[0] == 0
+        assert "--debug" in cli_in_process(command, "--help")[1], command
+    assert cli_in_process("ls", "--debug")[0] == 0
 
 
 def test_usage_errors_are_one_line_naming_the_command_typed(workdir):
-    status, _, err = cli("run", "generated/x.py", "training.lr=1", "--lr")
+    status, _, err = cli_in_process("run", "generated/x.py", "training.lr=1", "--lr")
     assert (status, err) == (
         2,
         "error: tunegen run: no such option '--lr' (see tunegen run --help)\n",
     )
-    status, _, err = cli("new", "--spce", "x.yaml")
+    status, _, err = cli_in_process("new", "--spce", "x.yaml")
     assert status == 2 and err.startswith("error: tunegen new: No such option: --spce")
     assert err.count("\n") == 1

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from helpers import cli_in_process
 
-from tests.helpers import tunegen
 from tunegen.compiler.cli.app import _Commands
 
 
 @pytest.mark.parametrize("command", _Commands.ORDER)
 def test_every_command_help_shows_an_example(command: str) -> None:
-    result = tunegen(command, "--help")
-    assert result.returncode == 0, result.stderr
-    example = result.stdout.split("Example", 1)[1]  # "Example:" or "Examples:"
+    status, out, err = cli_in_process(command, "--help")
+    assert status == 0, err
+    example = out.split("Example", 1)[1]  # "Example:" or "Examples:"
     assert f"    tunegen {command} " in example or f"    tunegen {command}\n" in example
 
 
 def test_ls_lists_specs_methods_and_models_as_tables() -> None:
-    lines = tunegen("ls").stdout.splitlines()
+    lines = cli_in_process("ls")[1].splitlines()
     assert lines[1].split() == ["name", "method", "model", "what", "it", "does"]
     lora = next(line for line in lines if line.startswith("  lora "))
     assert lora.split()[:3] == ["lora", "lora", "tiny"]

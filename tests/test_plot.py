@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import tunegen_in_process as tunegen
 
-from tests.helpers import tunegen
 from tunegen.compiler.cli.plot import DPI, FIGSIZE, load_metrics
 
 pytest.importorskip("matplotlib")

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import TUNEGEN, read_metrics, tunegen
+from helpers import TUNEGEN, read_metrics, tunegen
 
 pytestmark = pytest.mark.slow
 

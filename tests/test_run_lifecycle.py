@@ -132,6 +132,7 @@ def test_every_runtime_and_recipe_message_names_keys_of_the_generated_configs() 
 # -- items 1 and 2: a rerun is refused before the model is built ---------------------------------
 
 
+@pytest.mark.slow
 def test_a_rerun_is_refused_before_the_model_is_built_naming_keys_that_exist(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,6 +150,7 @@ def test_a_rerun_is_refused_before_the_model_is_built_naming_keys_that_exist(
 # -- items 3, 4 and 6: extending a finished run with a changed config ----------------------------
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_reports_changes_and_replaces_its_export(run_copy: str) -> None:
     run = Path(run_copy)
     old_adapter = load_file(run / "peft_adapter/adapter_model.safetensors")
@@ -188,6 +190,7 @@ def test_extending_a_finished_run_reports_changes_and_replaces_its_export(run_co
     assert {"event": "resume", "step": 4} in rows
 
 
+@pytest.mark.slow
 def test_resuming_with_another_batch_size_is_refused_naming_the_key_to_set(run_copy: str) -> None:
     args = (f"checkpointer.output_dir={run_copy}", "training.resume=auto")
     result = tunegen("run", RECIPE, *args, "training.batch_size=2")
@@ -202,6 +205,7 @@ def test_resuming_with_another_batch_size_is_refused_naming_the_key_to_set(run_c
     assert_keys_exist(result.stderr)
 
 
+@pytest.mark.slow
 def test_an_unchanged_resume_of_a_finished_run_lists_nothing_and_keeps_the_log(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,6 +222,7 @@ def test_an_unchanged_resume_of_a_finished_run_lists_nothing_and_keeps_the_log(
 # -- items 7 and 14: max_steps decides the length; throughput of real tokens ---------------------
 
 
+@pytest.mark.slow
 def test_max_steps_decides_the_length_past_epochs_and_the_start_line_says_so(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +249,7 @@ def test_max_steps_decides_the_length_past_epochs_and_the_start_line_says_so(
 # -- items 9 and 10: the exported adapter loads with peft from anywhere, with normal modes -------
 
 
+@pytest.mark.slow
 def test_peft_loads_the_exported_adapter_from_another_dir(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,6 +269,7 @@ def test_peft_loads_the_exported_adapter_from_another_dir(
     torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_exported_and_checkpoint_files_get_the_users_file_mode(project: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)

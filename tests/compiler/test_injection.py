@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -68,6 +69,7 @@ def compile_with(tmp_path, column: str, output_dir: str) -> Compiled:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(column=nasty, output_dir=nasty)
 def test_free_text_fields_stay_data(tmp_path, column, output_dir):
     (tmp_path / "train.jsonl").write_text('{"text": "hi"}\n')
@@ -111,6 +113,7 @@ file_names = st.text(
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(data_name=file_names | st.sampled_from(['"""', "${oc.env:HOME}", "a'b\nc"]))
 def test_hostile_data_file_names_stay_data_and_importing_the_recipe_runs_nothing(
     tmp_path, data_name

@@ -97,6 +97,7 @@ edit_kinds = st.sampled_from(["insert", "comment", "replace"])
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(data=st.data(), change=st.sampled_from(sorted(SPEC_CHANGES)))
 def test_non_overlapping_recipe_edits_and_any_spec_change_both_survive(generations, data, change):
     base, theirs = generations["v1"][0], generations[change][0]
@@ -139,6 +140,7 @@ def edit_config(entries: dict[str, str], edits: dict[str, tuple[str, int]]) -> s
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(data=st.data(), change=st.sampled_from(sorted(SPEC_CHANGES)))
 def test_config_edits_of_keys_the_spec_leaves_alone_survive_any_spec_change(
     generations, data, change
