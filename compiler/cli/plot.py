@@ -3,7 +3,7 @@
 One PNG, three panels against the optimizer step: loss (train raw and smoothed, validation where
 logged), learning rate, tokens/s. It reads only `RUN_DIR/metrics.jsonl` (`{"step": N, ...}` records;
 `{"event": ...}` markers are skipped), so it works on a finished, a running or a killed run.
-matplotlib is an optional extra: `pip install 'tunegen[plot]'`.
+matplotlib is a dependency of tunegen (a broken install is still one clear line).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _float(value: object) -> float:
 def _pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend; a missing one names the extra."""
     if importlib.util.find_spec("matplotlib") is None:
-        raise TunegenError("tunegen plot needs matplotlib: pip install 'tunegen[plot]'")
+        raise TunegenError("tunegen plot needs matplotlib: pip install matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
