@@ -87,6 +87,22 @@ def cli_in_process(*argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
+def tunegen_status(argv: list[str]) -> int:
+    """Run `tunegen ARGV` in this process as the console script would (output to the real
+    stdout/stderr, for capsys); return the exit status."""
+    from tunegen.compiler.cli import main
+
+    saved = sys.argv
+    sys.argv = ["tunegen", *argv]
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def tunegen_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`tunegen ARGS` in this process (see `cli_in_process`), shaped like a finished subprocess."""
     status, out, err = cli_in_process(*args, cwd=cwd)

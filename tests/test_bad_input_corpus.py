@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import tunegen_status as _call
 from safetensors.torch import load_file, save_file
 
-from tunegen.compiler.cli import main
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import llama
 
@@ -791,19 +790,6 @@ CASES: dict[str, Case] = {
         "logging.backends[1]",
     ),
 }
-
-
-def _call(argv: list[str]) -> int:
-    """Run `tunegen ARGV` in this process as the console script would; return the exit status."""
-    saved = sys.argv
-    sys.argv = ["tunegen", *argv]
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import typing
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
+from helpers import tunegen_status as _call
 
-from tunegen.compiler.cli import main
 from tunegen.compiler.schema import CONFIG_KEYS, bounds_of, field_at, strip_optional
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,18 +80,6 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     finally:
         os.chdir(saved)
     return holder
-
-
-def _call(argv: list[str]) -> int:
-    saved = sys.argv
-    sys.argv = ["tunegen", *argv]
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
 
 
 def _rules(spec_key: str) -> list[tuple[str, str, str]]:

@@ -8,28 +8,14 @@ Each test compiles the demo spec, edits the recipe (and its config) as a user wo
 from __future__ import annotations
 
 import ast
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import tunegen_status as _call
 from omegaconf import OmegaConf
-
-from tunegen.compiler.cli import main
 
 RECIPE = Path("generated/demo.py")
 CONFIG = Path("generated/demo.yaml")
-
-
-def _call(argv: list[str]) -> int:
-    saved = sys.argv
-    sys.argv = ["tunegen", *argv]
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
 
 
 @pytest.fixture

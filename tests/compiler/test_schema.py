@@ -4,14 +4,13 @@ rules, and the names users bring from other tools."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import tunegen_status as _call
 from omegaconf import OmegaConf
 
-from tunegen.compiler.cli import main
 from tunegen.compiler.cli.copy_spec import copy_spec, schema_path
 from tunegen.compiler.parse import parse_spec
 from tunegen.compiler.schema import (
@@ -27,18 +26,6 @@ from tunegen.compiler.spec_check import validate_spec
 from tunegen.runtime.errors import ConfigError, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _call(argv: list[str]) -> int:
-    saved = sys.argv
-    sys.argv = ["tunegen", *argv]
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
 
 
 # --------------------------------------------------------------------------------------------------
