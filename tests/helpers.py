@@ -1,4 +1,5 @@
-"""Helpers for tests that run the `tunegen` command and generated recipes as subprocesses."""
+"""Helpers for tests that run the `tunegen` command and generated recipes, in this process or
+as subprocesses."""
 
 from __future__ import annotations
 
@@ -110,8 +111,22 @@ def tunegen_in_process(*args: str, cwd: Path | None = None) -> subprocess.Comple
 
 
 def run_recipe(recipe: str | Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    """Run a generated recipe with its config (the `.yaml` beside it) and `overrides`; the exit
-    status must be `expect`."""
+    """Run a generated recipe with its config (the `.yaml` beside it) and `overrides` in this
+    process, as `tunegen run` does (torch is imported once for the whole suite); the exit status
+    must be `expect`. Tests that signal the run or need a fresh interpreter use
+    `run_recipe_subprocess`."""
+    recipe = Path(recipe)
+    result = tunegen_in_process(
+        "run", str(recipe), "--config", str(recipe.with_suffix(".yaml")), *overrides
+    )
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def run_recipe_subprocess(
+    recipe: str | Path, *overrides: str, expect: int = 0
+) -> subprocess.CompletedProcess:
+    """`run_recipe` in a fresh interpreter (`python recipe.py --config ...`)."""
     recipe = Path(recipe)
     result = subprocess.run(
         [sys.executable, str(recipe), "--config", str(recipe.with_suffix(".yaml")), *overrides],

@@ -6,10 +6,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import absurd_optimizer, losses, run_recipe, tunegen
+from helpers import (
+    absurd_optimizer,
+    losses,
+    run_recipe,
+    run_recipe_subprocess,
+    tunegen_in_process,
+)
 from safetensors.torch import load_file
 
-# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+# Every test here trains (in this process, through `tunegen run`): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
 
 SPEC = """\
@@ -35,14 +41,14 @@ def make_recipe(method: str, steps: int, save_every: int, lr: float) -> tuple[Pa
     spec.write_text(
         SPEC.format(method=method, lora=lora, steps=steps, save_every=save_every, lr=lr)
     )
-    result = tunegen("new", "--spec", str(spec))
+    result = tunegen_in_process("new", "--spec", str(spec))
     assert result.returncode == 0, result.stderr
     return Path(f"generated/e2e_{method}.py"), Path(f"generated/e2e_{method}.yaml")
 
 
 def test_lora_trains_30_steps_with_falling_loss_and_adapter_checkpoint(demo_workdir):
     recipe, _ = make_recipe("lora", steps=30, save_every=100, lr=3e-3)
-    run_recipe(recipe)
+    run_recipe_subprocess(recipe)  # one run as users start it: `python recipe.py --config ...`
     run = Path("runs/e2e_lora")
     by_step = losses(run / "metrics.jsonl")
     assert sorted(by_step) == list(range(1, 31))
@@ -106,7 +112,7 @@ def test_activation_checkpointing_and_profiler(demo_workdir):
         .replace("  seed: 3", "  seed: 3\n  activation_checkpointing: true")
         + "profiler: {wait_steps: 1, warmup_steps: 1, active_steps: 2}\n"
     )
-    assert tunegen("new", "--spec", str(spec)).returncode == 0
+    assert tunegen_in_process("new", "--spec", str(spec)).returncode == 0
     recipe = Path("generated/e2e_ac.py")
     assert "enable_activation_checkpointing(model)" in recipe.read_text()
     run_recipe(recipe)

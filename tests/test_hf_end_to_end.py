@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import losses, run_recipe, tunegen
+from helpers import losses, run_recipe, tunegen_in_process
 
-# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+# Every test here trains (in this process, through `tunegen run`): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
 
 transformers = pytest.importorskip("transformers")
@@ -73,7 +73,7 @@ def test_lora_on_a_hf_checkpoint_exports_an_adapter_peft_loads(workdir):
     assert len(list(Path("checkpoint").glob("model-*.safetensors"))) > 1  # sharded, with an index
 
     Path("spec.yaml").write_text(SPEC)
-    made = tunegen("new", "--spec", "spec.yaml")
+    made = tunegen_in_process("new", "--spec", "spec.yaml")
     assert made.returncode == 0, made.stderr
     run_recipe("generated/hf_lora.py")
     by_step = losses(Path("runs/hf_lora/metrics.jsonl"))
@@ -129,8 +129,8 @@ def test_full_fine_tune_on_chat_data_with_the_checkpoints_own_template(workdir):
     config["chat_template"] = CHATML
     config_path.write_text(json.dumps(config))
     Path("spec.yaml").write_text(CHAT_SPEC)
-    assert tunegen("new", "--spec", "spec.yaml").returncode == 0
-    run = tunegen("run", "generated/hf_chat.py")
+    assert tunegen_in_process("new", "--spec", "spec.yaml").returncode == 0
+    run = tunegen_in_process("run", "generated/hf_chat.py")
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(losses(Path("runs/hf_chat/metrics.jsonl"))) == [1, 2, 3]
     exported = transformers.AutoModelForCausalLM.from_pretrained("runs/hf_chat/hf_model")

@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 from combinations import COMBINATIONS, combination_spec
-from helpers import absurd_optimizer, losses, run_recipe, tunegen
+from helpers import absurd_optimizer, losses, run_recipe, tunegen_in_process
 
 from tunegen.runtime import load_model
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 
-# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+# Every test here trains (in this process, through `tunegen run`): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
 
 
@@ -30,7 +30,7 @@ def write_spec(name: str, settings: dict, steps: int, save_every: int | None = N
     path = Path(f"{name}.yaml")
     spec = combination_spec(name, settings, steps, save_every)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    made = tunegen("new", "--spec", str(path))
+    made = tunegen_in_process("new", "--spec", str(path))
     assert made.returncode == 0, made.stderr
     return path
 

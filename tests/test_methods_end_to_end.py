@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SPECS, read_metrics, run_recipe, tunegen
+from helpers import SPECS, read_metrics, run_recipe, tunegen_in_process
 
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.models import tiny
 from tunegen.runtime.tokenizers import builtin_tokenizer
 
-# Every test here trains through a subprocess: `pytest -m "not slow"` skips them.
+# Every test here trains (in this process, through `tunegen run`): `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
 
 
@@ -41,7 +41,7 @@ def demo_model(specs_dir: Path) -> Path:
 
 def compile_and_run(spec: Path, *overrides: str) -> subprocess.CompletedProcess:
     """Compile `spec` and run its recipe, logging every step into runs/<name>; it must succeed."""
-    made = tunegen("new", "--spec", str(spec))
+    made = tunegen_in_process("new", "--spec", str(spec))
     assert made.returncode == 0, made.stderr
     name = spec.stem
     return run_recipe(
@@ -126,6 +126,6 @@ def test_kd_refuses_a_teacher_with_another_vocabulary(specs_dir: Path) -> None:
         vocab_size=600, dim=64, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=128, max_seq_len=64
     )
     save_hf_checkpoint(teacher, specs_dir.parent / "runs" / "demo" / "hf_model")
-    made = tunegen("new", "--spec", str(specs_dir / "kd.yaml"))
+    made = tunegen_in_process("new", "--spec", str(specs_dir / "kd.yaml"))
     assert made.returncode == 2
     assert "kd.teacher: the teacher's vocabulary has 600 tokens, the student's 512" in made.stderr
