@@ -314,7 +314,7 @@ def _hub_dataset(value: str, key_path: str, path: Path) -> str:
     export = f"datasets.load_dataset({value!r}, split='train').to_json({local!r})"
     return (
         f"{value!r} is not a local file (looked in {path.parent}); a Hugging Face hub data set "
-        f"is not downloaded by tunegen: export it to JSONL (python -c \"import datasets; "
+        f'is not downloaded by tunegen: export it to JSONL (python -c "import datasets; '
         f"{export}\" in the spec's folder), then set {key_path}: {local}"
     )
 

@@ -26,17 +26,24 @@ __all__ = ["import_config"]
 )
 def import_config(
     config: Annotated[
-        Path, typer.Argument(metavar="CONFIG", help="A torchtune recipe config or an axolotl config.")
+        Path,
+        typer.Argument(metavar="CONFIG", help="A torchtune recipe config or an axolotl config."),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", metavar="SPEC", help="Write the spec here (default: stdout)."),
+        typer.Option(
+            "--output", "-o", metavar="SPEC", help="Write the spec here (default: stdout)."
+        ),
     ] = None,
     source: Annotated[
         Literal["torchtune", "axolotl"] | None,
-        typer.Option("--from", metavar="torchtune|axolotl", help="The config's style (default: detected)."),
+        typer.Option(
+            "--from", metavar="torchtune|axolotl", help="The config's style (default: detected)."
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing SPEC file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing SPEC file.")
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Turn a torchtune or axolotl config into a tunegen spec; report every key not imported.
@@ -44,7 +51,8 @@ def import_config(
     A model or data set named by a Hugging Face hub id keeps its id: download it and point the
     spec at the local copy (tunegen validate says how).
     """
-    from tunegen.compiler.importers import import_config as read, spec_text
+    from tunegen.compiler.importers import import_config as read
+    from tunegen.compiler.importers import spec_text
 
     set_debug(debug)
     if output is not None and output.exists() and not force:

@@ -36,6 +36,7 @@ __all__ = [
     "number",
     "read_source",
     "schema_has",
+    "spec_name",
     "spec_text",
 ]
 
@@ -48,7 +49,7 @@ _NEITHER = (
 )
 
 
-class ImportError_(TunegenError):  # noqa: N801  (not the builtin ImportError)
+class ImportError_(TunegenError):
     """A source config that cannot be imported: one line naming what is unsupported."""
 
 
@@ -226,7 +227,9 @@ def read_source(path: Path) -> dict[str, Any]:
 def detect(raw: dict[str, Any], path: Path) -> Source:
     """The style of the config `raw` (from `path`, for the error): torchtune or axolotl."""
     components = [
-        str(v.get("_component_")) for v in raw.values() if isinstance(v, dict) and "_component_" in v
+        str(v.get("_component_"))
+        for v in raw.values()
+        if isinstance(v, dict) and "_component_" in v
     ]
     if any(c.startswith("tunegen.") for c in components):
         raise ImportError_(
@@ -271,12 +274,12 @@ def _check(values: dict[str, Any], path: Path, style: str) -> None:
         raise ImportError_(f"{path}: the {style} config maps to an invalid spec: {key}: {message}")
 
 
-def spec_name(path: Path) -> str:
+def spec_name(path: Path, prefix: str | None = None) -> str:
     """A spec name (a Python identifier) from the source file's name: `1B_lora_single_device`
-    in `llama3_2/` -> `llama3_2_1B_lora_single_device`."""
+    -> `llama3_2_1B_lora_single_device` (prefix: the model family, else the file's folder)."""
     stem = re.sub(r"\W+", "_", path.stem).strip("_") or "imported"
     if stem[0].isdigit():
-        parent = re.sub(r"\W+", "_", path.resolve().parent.name).strip("_")
+        parent = prefix or re.sub(r"\W+", "_", path.resolve().parent.name).strip("_")
         stem = f"{parent}_{stem}" if parent and not parent[0].isdigit() else f"imported_{stem}"
     return f"{stem}_" if keyword.iskeyword(stem) else stem
 

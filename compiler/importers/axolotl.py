@@ -152,7 +152,9 @@ SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant"}
 #: `rl:` values -> (method, dpo.loss_type).
 RL_METHODS = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo")}
 #: Words in a model's name or type that mark what tunegen cannot train.
-VISION = re.compile(r"vision|[-_]vl\b|-vl-|llava|pixtral|idefics|mllama|conditionalgeneration|gemma3", re.I)
+VISION = re.compile(
+    r"vision|[-_]vl\b|-vl-|llava|pixtral|idefics|mllama|conditionalgeneration|gemma3", re.I
+)
 OTHER_FAMILIES = re.compile(
     r"gemma|mixtral|falcon|mamba|jamba|pythia|gpt2|gpt-neox|phi-?[12]\b|deepseek|olmo|"
     r"qwen3-next|qwen3\.5|moe|-a3b|-a10b|mpt|bloom|opt-",
@@ -198,13 +200,13 @@ def _direct(spec: SpecBuilder, source: str, key: str) -> None:
 
 def _check_model(spec: SpecBuilder, path: Path) -> None:
     """A vision model, or a family tunegen lacks, is an error naming it."""
-    base = str(spec.get("base_model") or "")
+    if not spec.get("base_model"):
+        raise ImportError_(f"{path}: base_model: missing; an axolotl config names its model there")
+    base = str(spec.get("base_model"))
     kind = str(spec.get("model_type") or "")
     for what in (base, kind):
         if VISION.search(what) or spec.has("processor_type"):
-            raise ImportError_(
-                f"{path}: base_model {base} is a vision model; {SUPPORTED}"
-            )
+            raise ImportError_(f"{path}: base_model {base} is a vision model; {SUPPORTED}")
     if kind and kind not in SUPPORTED_TYPES:
         raise ImportError_(f"{path}: model_type {kind} is not supported; {SUPPORTED}")
     if OTHER_FAMILIES.search(base):
@@ -212,7 +214,9 @@ def _check_model(spec: SpecBuilder, path: Path) -> None:
     spec.use("model_type")
     for key in ("reward_model", "process_reward_model"):
         if spec.get(key):
-            raise ImportError_(f"{path}: {key}: reward-model training is not supported; {SUPPORTED}")
+            raise ImportError_(
+                f"{path}: {key}: reward-model training is not supported; {SUPPORTED}"
+            )
 
 
 def _method(spec: SpecBuilder, path: Path) -> None:
@@ -272,7 +276,9 @@ def _lora_targets(spec: SpecBuilder) -> None:
         known = [m for m in modules if m in ALL_LINEAR]
         if len(known) < len(modules):
             others = ", ".join(str(m) for m in modules if m not in ALL_LINEAR)
-            spec.note("lora_target_modules", f"{others} left out: tunegen adapts {', '.join(ALL_LINEAR)}")
+            spec.note(
+                "lora_target_modules", f"{others} left out: tunegen adapts {', '.join(ALL_LINEAR)}"
+            )
         spec.set("lora.targets", known, "lora_target_modules")
 
 
@@ -304,7 +310,9 @@ def _datasets(spec: SpecBuilder, path: Path) -> None:
         (".json", ".jsonl")
     )
     data_path = files[0] if isinstance(files, list) and files else files or entry.get("path")
-    spec.set("data.path", str(data_path or ""), f"{at}.path", *([f"{at}.data_files"] if files else []))
+    spec.set(
+        "data.path", str(data_path or ""), f"{at}.path", *([f"{at}.data_files"] if files else [])
+    )
     spec.use(f"{at}.ds_type" if local else "")
     _dataset_fields(spec, entry, at, data_format)
 
@@ -343,7 +351,9 @@ def _dataset_fields(spec: SpecBuilder, entry: dict[str, Any], at: str, data_form
             continue
         spec.use(f"{at}.{key}")
         if entry[key] not in fine:
-            spec.note(f"{at}.{key}", f"tunegen reads the field {' or '.join(fine)}: rename {entry[key]}")
+            spec.note(
+                f"{at}.{key}", f"tunegen reads the field {' or '.join(fine)}: rename {entry[key]}"
+            )
     mappings = entry.get("message_property_mappings") or {}
     if all(f"{v}" in ("role", "content", "from", "value") for v in mappings.values()):
         spec.use(f"{at}.message_property_mappings")
@@ -374,7 +384,9 @@ def _training_loop(spec: SpecBuilder) -> None:
     if checkpointing is not None:
         spec.set("training.activation_checkpointing", bool(checkpointing), "gradient_checkpointing")
         if checkpointing not in (True, False):
-            spec.note("gradient_checkpointing", f"{checkpointing}: imported as true (no offloading)")
+            spec.note(
+                "gradient_checkpointing", f"{checkpointing}: imported as true (no offloading)"
+            )
     resume = spec.get("resume_from_checkpoint")
     if isinstance(resume, str) and resume:
         spec.set("checkpoint.resume", resume, "resume_from_checkpoint")

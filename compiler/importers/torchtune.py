@@ -11,8 +11,10 @@ components it understands; functions handle the keys whose meaning depends on ot
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from tunegen.compiler.importers import ImportError_, SpecBuilder, number
+
+from tunegen.compiler.importers import ImportError_, SpecBuilder, number, spec_name
 
 __all__ = ["NO_SUCH_SETTING", "build"]
 
@@ -44,6 +46,7 @@ CHAT_TEMPLATES = {
     "qwen3": "chatml",
     "mistral": "mistral",
 }
+_TUNE_DOWNLOAD = re.compile(r"^#\s*tune download (\S+) --output-dir (\S+)", re.MULTILINE)
 SUPPORTED_RECIPES = (
     "full_finetune_*, lora_finetune_*, lora_dpo_*, full_dpo_*, knowledge_distillation_* "
     "(full, lora, qlora, dora, dpo, kd)"
@@ -175,6 +178,7 @@ UNSUPPORTED_SECTIONS = {
 def build(spec: SpecBuilder, path: Path) -> None:
     """Fill `spec` from the torchtune config it holds (`path` names it in errors)."""
     family = _model_family(spec, path)
+    spec.set("name", spec_name(path, prefix=family), "")
     _method(spec, path)
     spec.set("model", _model_dir(spec, path), "checkpointer.checkpoint_dir")
     spec.use("tokenizer._component_")
@@ -222,6 +226,10 @@ def _component(spec: SpecBuilder, section: str) -> tuple[str, str]:
 def _model_family(spec: SpecBuilder, path: Path) -> str:
     """The family of `model._component_`; a vision model or a family tunegen lacks is an error."""
     module, name = _component(spec, "model")
+    if not spec.has("model._component_"):
+        raise ImportError_(
+            f"{path}: model._component_: missing; a torchtune config names its model builder there"
+        )
     if not module.startswith("torchtune.models."):
         raise ImportError_(
             f"{path}: model._component_ {spec.get('model._component_')!r} is not a torchtune "
@@ -304,7 +312,21 @@ def _model_dir(spec: SpecBuilder, path: Path) -> str:
             f"{checkpointer}: tunegen reads Hugging Face checkpoint dirs; point model: at the "
             "Hugging Face copy of this model",
         )
+    _download_note(spec, path)
     return folder
+
+
+def _download_note(spec: SpecBuilder, path: Path) -> None:
+    """torchtune's configs say in a comment how their model was fetched (`tune download ID
+    --output-dir DIR`): the same with Hugging Face's CLI makes the dir tunegen reads."""
+    found = _TUNE_DOWNLOAD.search(path.read_text(encoding="utf-8"))
+    if found is not None:
+        hub_id, folder = found.groups()
+        spec.note(
+            "checkpointer.checkpoint_dir",
+            f"the source's comment downloads {hub_id}; hf download {hub_id} --local-dir {folder} "
+            "makes the Hugging Face checkpoint dir tunegen reads",
+        )
 
 
 def _lora_targets(spec: SpecBuilder) -> None:
@@ -345,7 +367,9 @@ def _dataset(spec: SpecBuilder, family: str) -> None:
     spec.set("data.path", _data_path(spec, default_source), *(sources or [default]))
     _dataset_columns(spec, builder)
     if spec.get("tokenizer.max_seq_len") is not None:
-        spec.set("data.max_seq_len", number(spec.get("tokenizer.max_seq_len")), "tokenizer.max_seq_len")
+        spec.set(
+            "data.max_seq_len", number(spec.get("tokenizer.max_seq_len")), "tokenizer.max_seq_len"
+        )
     else:
         spec.skip(
             "tokenizer.max_seq_len", "null means no limit; tunegen truncates at data.max_seq_len"
@@ -383,9 +407,13 @@ def _dataset_columns(spec: SpecBuilder, builder: str) -> None:
         if column in (None, wanted):
             spec.use("dataset.conversation_column")
         else:
-            spec.skip("dataset.conversation_column", f"tunegen reads the field {wanted or 'messages'}")
+            spec.skip(
+                "dataset.conversation_column", f"tunegen reads the field {wanted or 'messages'}"
+            )
     if spec.has("dataset.column_map"):
-        spec.skip("dataset.column_map", "tunegen reads fixed record fields; rename them in the file")
+        spec.skip(
+            "dataset.column_map", "tunegen reads fixed record fields; rename them in the file"
+        )
     if builder in DATASET_FIELDS:
         spec.note("dataset._component_", DATASET_FIELDS[builder])
 
@@ -397,11 +425,17 @@ def _training_loop(spec: SpecBuilder) -> None:
         if name in SCHEDULERS:
             spec.set("training.scheduler", SCHEDULERS[name], "lr_scheduler._component_")
         else:
-            spec.skip("lr_scheduler._component_", f"tunegen has no {name} (cosine, linear, constant)")
+            spec.skip(
+                "lr_scheduler._component_", f"tunegen has no {name} (cosine, linear, constant)"
+            )
     else:
         spec.set("training.scheduler", "constant", "(no lr_scheduler: a constant lr)")
     if spec.get("clip_grad_norm") is None:
-        spec.set("training.clip_grad_norm", None, "clip_grad_norm" if spec.has("clip_grad_norm") else "(no clip_grad_norm)")
+        spec.set(
+            "training.clip_grad_norm",
+            None,
+            "clip_grad_norm" if spec.has("clip_grad_norm") else "(no clip_grad_norm)",
+        )
     else:
         spec.set("training.clip_grad_norm", number(spec.get("clip_grad_norm")), "clip_grad_norm")
     _max_steps(spec)
@@ -419,7 +453,9 @@ def _training_loop(spec: SpecBuilder) -> None:
     if optimizer == "AdamW":
         spec.use("optimizer._component_")
     else:
-        spec.skip("optimizer._component_", f"tunegen trains with torch.optim.AdamW, not {optimizer}")
+        spec.skip(
+            "optimizer._component_", f"tunegen trains with torch.optim.AdamW, not {optimizer}"
+        )
 
 
 def _max_steps(spec: SpecBuilder) -> None:

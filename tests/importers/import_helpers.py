@@ -17,10 +17,38 @@ AXOLOTL = sorted(p for p in (FIXTURES / "axolotl").glob("*/*") if p.suffix in ("
 # One stderr line of `tunegen import`: a key not imported, a note, or where the spec went.
 REPORT_LINE = re.compile(r"^(\S+: not imported \(.+\)|\S+: note: .+|wrote \S+; next: .+)$")
 
-WORDS = (
-    "Below is an instruction that describes a task . Write a response appropriately completes "
-    "the request ### Instruction : Response Input Reverse words Sort digits say hi ok yes no"
-).split()
+WORDS = [
+    "Below",
+    "is",
+    "an",
+    "instruction",
+    "that",
+    "describes",
+    "a",
+    "task",
+    ".",
+    "Write",
+    "a",
+    "response",
+    "appropriately",
+    "completes",
+    "the",
+    "request",
+    "###",
+    "Instruction",
+    ":",
+    "Response",
+    "Input",
+    "Reverse",
+    "words",
+    "Sort",
+    "digits",
+    "say",
+    "hi",
+    "ok",
+    "yes",
+    "no",
+]
 
 
 def fixture_id(path: Path) -> str:

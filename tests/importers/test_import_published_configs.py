@@ -17,7 +17,12 @@ from import_helpers import AXOLOTL, REPORT_LINE, TORCHTUNE, fixture_id, import_c
 
 from tunegen.compiler.schema import TrainingSpec
 
-TORCHTUNE_TO_HF = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
+TORCHTUNE_TO_HF = {
+    "q_proj": "q_proj",
+    "k_proj": "k_proj",
+    "v_proj": "v_proj",
+    "output_proj": "o_proj",
+}
 MLP = ["gate_proj", "down_proj", "up_proj"]  # torchtune's w1, w2, w3
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -142,6 +147,7 @@ def test_every_source_key_is_mapped_or_reported(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(source))
     status, spec, err = import_config(config, tmp_path / "spec.yaml")
     assert status == 0, err
+    assert spec["lora"]["rank"] == 64
     assert "made_up_knob: not imported (tunegen has no such setting)" in err.splitlines()
     assert "optimizer.amsgrad: not imported (tunegen has no such setting)" in err.splitlines()
     assert "device: not imported (tunegen picks the device itself: training.device is auto)" in err
