@@ -875,6 +875,13 @@ CASES: dict[str, Case] = {
         ["import", "x.yaml", "--from", "torchtune"],
         "x.yaml: model._component_: missing; a torchtune config names its model builder there",
     ),
+    "import_unsupported_dataset_builder": Case(
+        "import",
+        {"x.yaml": TORCHTUNE.replace("alpaca_cleaned_dataset", "samsum_dataset")},
+        ["import", "x.yaml"],
+        "dataset._component_ torchtune.datasets.samsum_dataset is not supported; tunegen imports "
+        "torchtune.datasets.alpaca_dataset,",
+    ),
     "import_output_exists": Case(
         "import",
         {"x.yaml": TORCHTUNE, "spec.yaml": "mine\n"},

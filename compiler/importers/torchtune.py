@@ -189,7 +189,7 @@ def build(spec: SpecBuilder, path: Path) -> None:
         if spec.has(source):
             spec.set_if_known(key, spec.get(source), source)
     _lora_targets(spec)
-    _dataset(spec, family)
+    _dataset(spec, family, path)
     _training_loop(spec)
     _logging(spec)
     _profiler(spec)
@@ -349,13 +349,19 @@ def _lora_targets(spec: SpecBuilder) -> None:
         spec.use("model.apply_lora_to_output")
 
 
-def _dataset(spec: SpecBuilder, family: str) -> None:
+def _dataset(spec: SpecBuilder, family: str, path: Path) -> None:
     """The dataset builder: format, template, the data file (a local file or a hub id)."""
+    if isinstance(spec.get("dataset"), list):
+        raise ImportError_(
+            f"{path}: dataset: a list of {len(spec.get('dataset'))} datasets; tunegen trains on "
+            "one data file: keep one entry (or concatenate the files into one)"
+        )
     _, builder = _component(spec, "dataset")
     if builder not in DATASETS:
-        spec.set("data.path", "", "dataset._component_")
-        spec.skip("dataset", f"tunegen has no counterpart of {builder or 'this dataset'}")
-        return
+        raise ImportError_(
+            f"{path}: dataset._component_ {spec.get('dataset._component_')} is not supported; "
+            f"tunegen imports torchtune.datasets.{', '.join(DATASETS)}"
+        )
     data_format, template, default_source = DATASETS[builder]
     spec.set("data.format", data_format, "dataset._component_")
     if data_format == "chat" or (data_format == "preference" and template is None):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from helpers import tunegen_in_process
 from import_helpers import (
-    AXOLOTL,
     FIXTURES,
     import_config,
     point_at_local,
@@ -145,13 +144,34 @@ def test_generated_config_keeps_the_source_values_under_the_same_names(
 
 
 @pytest.mark.slow
-def test_new_user_path_import_new_run(workdir: Path, tiny: dict[str, Path]) -> None:
-    """The README's path for a torchtune user: import, validate says what to fix, fix, run."""
+def test_new_user_path_import_validate_new_run(workdir: Path, tiny: dict[str, Path]) -> None:
+    """A torchtune user's path: import, validate says what to fix, fix the two paths, new, run."""
     config = TORCHTUNE_DIR / "llama3_2" / "1B_lora_single_device.yaml"
     made = tunegen_in_process("import", str(config), "-o", "my_lora.yaml")
     assert made.returncode == 0, made.stderr
+    assert made.stderr.splitlines()[-1] == "wrote my_lora.yaml; next: tunegen validate my_lora.yaml"
     checked = tunegen_in_process("validate", "my_lora.yaml")
     assert checked.returncode == 2
-    assert "data.path: 'yahma/alpaca-cleaned' is not a local file" in checked.stderr
-    assert "hf_hub" not in checked.stderr and "datasets.load_dataset(" in checked.stderr
-    assert AXOLOTL  # both styles are covered by the parametrized tests above
+    problems = checked.stderr.splitlines()
+    assert problems[0].startswith("error: my_lora.yaml:18: model: '/tmp/Llama-3.2-1B-Instruct/'")
+    assert problems[1].startswith(
+        "my_lora.yaml:20: data.path: 'yahma/alpaca-cleaned' is not a local"
+    )
+    assert problems[1].endswith("then set data.path: data/alpaca-cleaned.jsonl")
+    text = Path("my_lora.yaml").read_text()
+    text = text.replace("model: /tmp/Llama-3.2-1B-Instruct/", f"model: {tiny['llama']}")
+    text = text.replace("path: yahma/alpaca-cleaned", f"path: {tiny['instruct']}")
+    text = text.replace(
+        "output_dir: /tmp/torchtune/llama3_2_1B/lora_single_device", "output_dir: runs/x"
+    )
+    Path("my_lora.yaml").write_text(text)
+    assert tunegen_in_process("validate", "my_lora.yaml").returncode == 0
+    assert tunegen_in_process("new", "--spec", "my_lora.yaml").returncode == 0
+    recipe = "generated/llama3_2_1B_lora_single_device.py"
+    too_short = tunegen_in_process("run", recipe, "training.max_steps=3")
+    assert (
+        too_short.stderr == "error: scheduler: warmup_steps (100) is larger than total_steps (3)\n"
+    )
+    ran = tunegen_in_process("run", recipe, "training.max_steps=3", "training.warmup_steps=1")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (Path("runs/x") / "peft_adapter" / "adapter_config.json").is_file()
