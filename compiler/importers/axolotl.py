@@ -362,6 +362,7 @@ def _dataset_fields(spec: SpecBuilder, entry: dict[str, Any], at: str, data_form
         spec.use(f"{at}.roles")
     if entry.get("split") in (None, "train"):
         spec.use(f"{at}.split")
+    spec.skip(f"{at}.split", "tunegen trains on the whole file: export the split you want")
     for key in entry:
         spec.skip(f"{at}.{key}", f"tunegen's {data_format} data has no {key} setting")
 
