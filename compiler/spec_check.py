@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ TEMPLATES_BY_FORMAT = {
     "preference": ("alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# `org/name`: how Hugging Face hub ids read (tunegen import keeps them; tunegen reads local files).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def validate_spec(parsed: ParsedSpec) -> Spec:
@@ -235,6 +238,13 @@ def _not_a_model(name: str, folder: Path) -> str:
     siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
     near = difflib.get_close_matches(folder.name, siblings, n=1, cutoff=0.6)
     dir_hint = f"; did you mean the dir {(parent / near[0]).as_posix()!r}?" if near else ""
+    if not near and _HUB_ID.fullmatch(name):
+        local = f"models/{name.rpartition('/')[2]}"
+        return (
+            f"{name!r} is not a local path (no dir {folder.as_posix()!r}); a Hugging Face hub id "
+            f"is not downloaded by tunegen: run hf download {name} --local-dir {local} "
+            f"in the spec's folder, then set model: {local}"
+        )
     return (
         f"{name!r} is not a built-in model{close} (built-in: {names}) nor a checkpoint dir "
         f"(no dir {folder.as_posix()!r}; a path is relative to the spec's folder){dir_hint}"
@@ -285,10 +295,28 @@ def _check_files(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
         path = resolve_spec_path(parsed, value)
         if key_path == "tokenizer" and path.is_dir():
             continue  # a tokenizer dir: load_tokenizer finds its files, or says what is missing
-        if not path.is_file():
+        if not path.is_file() and key_path != "tokenizer" and _looks_like_hub_dataset(value):
+            problem(key_path, _hub_dataset(value, key_path, path))
+        elif not path.is_file():
             problem(key_path, f"file {value!r} not found (looked in {path.parent})")
         elif key_path != "tokenizer" and path.suffix not in (".json", ".jsonl"):
             problem(key_path, f"{value!r} is not a .json or .jsonl file")
+
+
+def _looks_like_hub_dataset(value: str) -> bool:
+    """`org/name` without a data file's suffix: a Hugging Face hub data set's id."""
+    return _HUB_ID.fullmatch(value) is not None and Path(value).suffix not in (".json", ".jsonl")
+
+
+def _hub_dataset(value: str, key_path: str, path: Path) -> str:
+    """What to do about a data path that reads as a hub data set id: export it to JSONL."""
+    local = f"data/{value.rpartition('/')[2]}.jsonl"
+    export = f"datasets.load_dataset({value!r}, split='train').to_json({local!r})"
+    return (
+        f"{value!r} is not a local file (looked in {path.parent}); a Hugging Face hub data set "
+        f'is not downloaded by tunegen: export it to JSONL (python -c "import datasets; '
+        f"{export}\" in the spec's folder), then set {key_path}: {local}"
+    )
 
 
 def _did_you_mean(word: str, options: Any) -> str:

@@ -68,6 +68,19 @@ def _compiled(*extra: str) -> list[str]:
 
 CHAT_SPEC = SPEC.replace("max_seq_len: 64", "format: chat, template: TEMPLATE, max_seq_len: 64")
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+TORCHTUNE = """\
+model:
+  _component_: torchtune.models.llama3_2.lora_llama3_2_1b
+  lora_rank: 8
+checkpointer:
+  _component_: torchtune.training.FullModelHFCheckpointer
+  checkpoint_dir: /tmp/Llama-3.2-1B-Instruct
+dataset:
+  _component_: torchtune.datasets.alpaca_cleaned_dataset
+optimizer:
+  _component_: torch.optim.AdamW
+  lr: 3e-4
+"""
 AXOLOTL = """\
 base_model: NousResearch/Llama-2-7b-hf
 datasets:
@@ -323,7 +336,8 @@ CASES: dict[str, Case] = {
         "spec",
         {"x.yaml": AXOLOTL},
         ["validate", "x.yaml"],
-        "looks like an axolotl config (base_model, datasets); expected a tunegen spec",
+        "looks like an axolotl config (base_model, datasets); turn it into a spec with: "
+        "tunegen import x.yaml -o spec.yaml",
     ),
     "validate_a_recipe_file": Case(
         "config",
@@ -783,6 +797,112 @@ CASES: dict[str, Case] = {
         ["plot", "runs/a"],
         "runs/a/metrics.jsonl: no step records yet",
     ),
+    # -- tunegen import ----------------------------------------------------------------------------
+    "import_missing_file": Case("import", {}, ["import", "nope.yaml"], "nope.yaml: file not found"),
+    "import_not_yaml": Case(
+        "import", {"x.yaml": "model: [1, 2\n"}, ["import", "x.yaml"], "x.yaml:2: not valid YAML"
+    ),
+    "import_neither_style": Case(
+        "import",
+        {"x.yaml": "foo: 1\nbar: 2\n"},
+        ["import", "x.yaml"],
+        "x.yaml: neither style (keys foo, bar); tunegen import reads a torchtune recipe config",
+    ),
+    "import_a_tunegen_spec": Case(
+        "import", {"spec.yaml": SPEC}, ["import", "spec.yaml"], "already a tunegen spec"
+    ),
+    "import_torchtune_vision_model": Case(
+        "import",
+        {
+            "x.yaml": TORCHTUNE.replace(
+                "llama3_2.lora_llama3_2_1b", "llama3_2_vision.lora_llama3_2_vision_11b"
+            )
+        },
+        ["import", "x.yaml"],
+        "lora_llama3_2_vision_11b is a vision model; tunegen trains text models (Llama 2,",
+    ),
+    "import_axolotl_vision_model": Case(
+        "import",
+        {
+            "x.yaml": AXOLOTL.replace(
+                "NousResearch/Llama-2-7b-hf", "meta-llama/Llama-3.2-11B-Vision"
+            )
+        },
+        ["import", "x.yaml"],
+        "base_model meta-llama/Llama-3.2-11B-Vision is a vision model; tunegen trains Llama",
+    ),
+    "import_unsupported_family": Case(
+        "import",
+        {"x.yaml": TORCHTUNE.replace("llama3_2.lora_llama3_2_1b", "gemma.lora_gemma_2b")},
+        ["import", "x.yaml"],
+        "model family gemma (model._component_ torchtune.models.gemma.lora_gemma_2b) is not "
+        "supported; tunegen trains Llama 2",
+    ),
+    "import_ppo_recipe": Case(
+        "import",
+        {"x.yaml": TORCHTUNE + "loss:\n  _component_: torchtune.rlhf.loss.PPOLoss\n"},
+        ["import", "x.yaml"],
+        "loss._component_ PPOLoss is not supported (tunegen's preference method is DPO); "
+        "tunegen imports full_finetune_*",
+    ),
+    "import_qat_recipe": Case(
+        "import",
+        {"x.yaml": TORCHTUNE + "quantizer:\n  _component_: torchtune.training.quantization.X\n"},
+        ["import", "x.yaml"],
+        "quantizer: this is a quantization-aware training (QAT) recipe config",
+    ),
+    "import_axolotl_unsupported_rl": Case(
+        "import",
+        {"x.yaml": AXOLOTL + "rl: kto\n"},
+        ["import", "x.yaml"],
+        "x.yaml: rl: kto is not supported; tunegen trains",
+    ),
+    "import_axolotl_unsupported_dataset_type": Case(
+        "import",
+        {"x.yaml": AXOLOTL.replace("type: alpaca", "type: oasst")},
+        ["import", "x.yaml"],
+        "datasets[0].type: oasst is not supported; tunegen reads alpaca,",
+    ),
+    "import_wrong_style_forced": Case(
+        "import",
+        {"x.yaml": TORCHTUNE},
+        ["import", "x.yaml", "--from", "axolotl"],
+        "x.yaml: base_model: missing; an axolotl config names its model there",
+    ),
+    "import_axolotl_forced_as_torchtune": Case(
+        "import",
+        {"x.yaml": AXOLOTL},
+        ["import", "x.yaml", "--from", "torchtune"],
+        "x.yaml: model._component_: missing; a torchtune config names its model builder there",
+    ),
+    "import_unsupported_dataset_builder": Case(
+        "import",
+        {"x.yaml": TORCHTUNE.replace("alpaca_cleaned_dataset", "samsum_dataset")},
+        ["import", "x.yaml"],
+        "dataset._component_ torchtune.datasets.samsum_dataset is not supported; tunegen imports "
+        "torchtune.datasets.alpaca_dataset,",
+    ),
+    "import_output_exists": Case(
+        "import",
+        {"x.yaml": TORCHTUNE, "spec.yaml": "mine\n"},
+        ["import", "x.yaml", "-o", "spec.yaml"],
+        "spec.yaml: already exists; pass --force to overwrite it",
+    ),
+    "validate_imported_hub_model": Case(
+        "spec",
+        {
+            "spec.yaml": SPEC.replace("model: tiny", "model: NousResearch/Llama-3.2-1B"),
+            "train.jsonl": INSTRUCT,
+        },
+        ["validate", "spec.yaml"],
+        "model: 'NousResearch/Llama-3.2-1B' is not a local path (no dir",
+    ),
+    "validate_imported_hub_dataset": Case(
+        "spec",
+        {"spec.yaml": SPEC.replace("path: train.jsonl", "path: yahma/alpaca-cleaned")},
+        ["validate", "spec.yaml"],
+        "data.path: 'yahma/alpaca-cleaned' is not a local file",
+    ),
     "spec_unknown_logging_backend": Case(
         "spec",
         _spec_with("name: bad", "name: bad\nlogging: {backends: [jsonl, tensorbord]}"),
@@ -826,5 +946,6 @@ def test_corpus_size_and_coverage() -> None:
         "tokenizer",
         "update",
         "plot",
+        "import",
     }
     assert len(CASES) >= 56

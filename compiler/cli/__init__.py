@@ -1,6 +1,7 @@
 """The `tunegen` command line, one module per command; the compiler pipeline lives beside it.
 
     tunegen new --spec lora.yaml        compile a spec into generated/<name>.py and .yaml   (new.py)
+    tunegen import CONFIG [-o SPEC]     a torchtune or axolotl config into a spec    (import_config.py)
     tunegen validate FILE [key=value]   check a spec or a config and its data, no weights (validate.py)
     tunegen run RECIPE [--config F] [key=value ...]                                      (run.py)
     tunegen data FILE [--show N] [--packed] [--json] [--export F]   the data as the model sees it
@@ -16,6 +17,7 @@
 
 from tunegen.compiler.cli import (  # noqa: F401  (importing a command module registers it)
     data,
+    import_config,
     new,
     plot,
     run,

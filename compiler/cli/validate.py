@@ -105,7 +105,12 @@ def file_kind(path: Path) -> Literal["spec", "config"]:
         return "config"
     if isinstance(data, dict) and any(key in data for key in _SPEC_KEYS):
         return "spec"
-    raise TunegenError(f"{path}: {_looks_like(data)}; {_EXPECTED}")
+    looks_like = _looks_like(data)
+    if "axolotl" in looks_like:  # tunegen import turns it into a spec
+        raise TunegenError(
+            f"{path}: {looks_like}; turn it into a spec with: tunegen import {path} -o spec.yaml"
+        )
+    raise TunegenError(f"{path}: {looks_like}; {_EXPECTED}")
 
 
 def _has_components(data: dict) -> bool:
@@ -131,6 +136,8 @@ def _looks_like(data: Any) -> str:
     for what, keys in _FOREIGN:
         if all(key in data for key in keys):
             return f"this looks like {what} ({', '.join(keys)})"
+    if "base_model" in data:
+        return "this looks like an axolotl config (base_model)"
     keys = ", ".join(str(key) for key in list(data)[:5])
     more = ", ..." if len(data) > 5 else ""
     return f"the file has keys {keys}{more}, none of a spec's nor a component section"
