@@ -81,7 +81,8 @@ def _check(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> None:
             raise ConfigError(f"scheduler: {name}: {problem}")
     if warmup_steps > total_steps:
         raise ConfigError(
-            f"scheduler: warmup_steps ({warmup_steps}) is larger than total_steps ({total_steps})"
+            f"training.warmup_steps: {warmup_steps} warmup steps exceed the run's {total_steps} "
+            "steps; lower training.warmup_steps or lengthen the run (training.max_steps)"
         )
     problem = out_of_bounds(min_lr_ratio, ge=0, le=1)
     if problem is not None:

@@ -169,8 +169,9 @@ def test_new_user_path_import_validate_new_run(workdir: Path, tiny: dict[str, Pa
     assert tunegen_in_process("new", "--spec", "my_lora.yaml").returncode == 0
     recipe = "generated/llama3_2_1B_lora_single_device.py"
     too_short = tunegen_in_process("run", recipe, "training.max_steps=3")
-    assert (
-        too_short.stderr == "error: scheduler: warmup_steps (100) is larger than total_steps (3)\n"
+    assert too_short.stderr == (
+        "error: training.warmup_steps: 100 warmup steps exceed the run's 3 steps; lower "
+        "training.warmup_steps or lengthen the run (training.max_steps)\n"
     )
     ran = tunegen_in_process("run", recipe, "training.max_steps=3", "training.warmup_steps=1")
     assert ran.returncode == 0, ran.stderr[-3000:]

@@ -88,7 +88,8 @@ def test_schedules_are_interchangeable() -> None:
         ({"warmup_steps": 0, "total_steps": 0}, "total_steps: must be at least 1, got 0"),
         (
             {"warmup_steps": 20, "total_steps": 10},
-            r"warmup_steps \(20\) is larger than total_steps",
+            "training.warmup_steps: 20 warmup steps exceed the run's 10 steps; lower "
+            r"training.warmup_steps or lengthen the run \(training.max_steps\)",
         ),
         (
             {"warmup_steps": 1, "total_steps": 10, "min_lr_ratio": 1.5},
