@@ -155,7 +155,7 @@ class DataSpec(_Section):
     )
     val_split: Number | None = option(
         None,
-        "validation data held out of data.path: this share of its samples (0 < x < 1), chosen "
+        "validation data held out of data.path: this share of its samples, chosen "
         "by training.seed alone and never trained on (or data.val_path; null: no validation)",
         gt=0,
         lt=1,
