@@ -197,7 +197,9 @@ class Checkpointer:
         swapped out, so a crash while writing leaves the old best in place.
         """
         if self.keep_best is None:
-            raise ConfigError("checkpointer.keep_best is null: there is no metric to keep the best by")
+            raise ConfigError(
+                "checkpointer.keep_best is null: there is no metric to keep the best by"
+            )
         value = float(metrics[self.keep_best])
         kept = self.best()
         if not math.isfinite(value) or (kept is not None and value >= kept[1]):
@@ -219,7 +221,9 @@ class Checkpointer:
             write_bytes(temp / _MARKER, (json.dumps(marker, indent=2) + "\n").encode())
             fsync_dir(temp)
             if self.best_dir.exists():
-                os.rename(self.best_dir, self.output_dir / f"{TEMP_PREFIX}delete-{BEST_DIR}-{os.getpid()}")
+                os.rename(
+                    self.best_dir, self.output_dir / f"{TEMP_PREFIX}delete-{BEST_DIR}-{os.getpid()}"
+                )
             os.rename(temp, self.best_dir)
             fsync_dir(self.output_dir)
         except BaseException:

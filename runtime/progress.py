@@ -274,9 +274,7 @@ def run_outputs(run_dir: Path) -> dict[str, str]:
     return outputs
 
 
-def _best_logged_val(
-    path: Path, best: tuple[float, int] | None
-) -> tuple[float, int] | None:
+def _best_logged_val(path: Path, best: tuple[float, int] | None) -> tuple[float, int] | None:
     """The lowest `val_loss` (and its step) of `best` and the records of the metrics file at
     `path`, which also holds what a resumed run logged before it was stopped."""
     candidates = [best] if best is not None else []

@@ -22,7 +22,6 @@ from helpers import losses, read_metrics, tunegen_in_process
 from tunegen.runtime import load_model
 from tunegen.runtime.checkpointing import Checkpointer, load_weights_into
 from tunegen.runtime.config import instantiate, load_config
-from tunegen.runtime.dpo import sequence_logps
 from tunegen.runtime.hf_checkpoint import save_hf_checkpoint
 from tunegen.runtime.lora import apply_lora, disable_adapters
 from tunegen.runtime.models import tiny
@@ -81,7 +80,7 @@ def test_val_loss_is_the_models_loss_on_the_split_and_keep_best_keeps_its_lowest
     logged = val_records(run_dir)
     assert sorted(logged) == [2, 4, 6]
 
-    cfg, _, dataset = config_data("val")
+    _, _, dataset = config_data("val")
     _, held_out = split_off(dataset, fraction=0.005, seed=0)
     assert len(held_out) == 20
     model = tiny().eval()

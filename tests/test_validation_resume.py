@@ -53,7 +53,9 @@ def start(output_dir: str) -> subprocess.Popen:
 
 def validation(run_dir: Path) -> dict[int, float]:
     """step -> val_loss of a run's metrics file."""
-    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r}
+    return {
+        r["step"]: r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r
+    }
 
 
 def test_a_killed_validating_run_resumes_exactly(demo_workdir: Path) -> None:

@@ -68,7 +68,9 @@ def test_validation_steps() -> None:
         return [
             step
             for step in range(1, total + 1)
-            if validation_due(step, every_n_steps=every, steps_per_epoch=per_epoch, total_steps=total)
+            if validation_due(
+                step, every_n_steps=every, steps_per_epoch=per_epoch, total_steps=total
+            )
         ]
 
     assert due(3) == [3, 6, 9, 10]  # every 3 steps, and the last
@@ -104,7 +106,7 @@ def test_save_best_skips_a_nonfinite_loss_and_needs_a_metric(tmp_path: Path) -> 
     checkpointer = Checkpointer(output_dir=tmp_path, keep_best="val_loss")
     assert checkpointer.save_best(1, _weights(1), metrics={"val_loss": float("nan")}) is None
     assert checkpointer.best() is None
-    with pytest.raises(ConfigError, match="checkpointer.keep_best: expected null or val_loss"):
+    with pytest.raises(ConfigError, match=r"checkpointer\.keep_best: expected null or val_loss"):
         Checkpointer(output_dir=tmp_path, keep_best="accuracy")
     with pytest.raises(ConfigError, match="keep_best is null"):
         Checkpointer(output_dir=tmp_path).save_best(1, _weights(1), metrics={"val_loss": 1.0})
