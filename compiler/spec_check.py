@@ -298,8 +298,11 @@ def _check_lora_targets(targets: list[str], known: tuple[str, ...], problem: Any
 
 
 def _check_files(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
-    files = {"data.path": spec.data.path, "data.val_path": spec.data.val_path}
-    files["tokenizer"] = spec.tokenizer
+    files = {
+        "data.path": spec.data.path,
+        "data.val_path": spec.data.val_path,
+        "tokenizer": spec.tokenizer,
+    }
     if spec.eval is not None:
         files["eval.path"] = spec.eval.path
     for key_path, value in files.items():
