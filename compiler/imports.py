@@ -25,6 +25,7 @@ MODULE_IMPORTS = frozenset({"copy", "sys", "time", "torch"})
 # Names imported from a module: `from torch.utils.data import DataLoader`.
 FROM_IMPORTS = {
     "partial": "functools",
+    "islice": "itertools",
     "DictConfig": "omegaconf",
     "DataLoader": "torch.utils.data",
     "load_training_state": "tunegen.runtime.checkpointing",
@@ -66,6 +67,8 @@ FROM_IMPORTS = {
     "dequantize_base_weights": "tunegen.runtime.quantization",
     "quantize_base_weights": "tunegen.runtime.quantization",
     "RunLength": "tunegen.runtime.run_config",
+    "split_off": "tunegen.runtime.validation",
+    "validation_due": "tunegen.runtime.validation",
 }
 
 # Names every module has without importing them.

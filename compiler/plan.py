@@ -30,6 +30,7 @@ from tunegen.compiler.schema import (
     doc_of,
     uses_adapters,
     uses_dora,
+    uses_validation,
 )
 from tunegen.compiler.spec_check import resolve_spec_path
 
@@ -209,6 +210,11 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
         "export_peft": exports_adapter,
         "export_merged": exports_merged_model,
         "eval": spec.eval is not None,
+        # Validation during training, its data from a file or held out of the training data.
+        "validation": uses_validation(spec),
+        "val_file": spec.data.val_path is not None,
+        "val_split": spec.data.val_split is not None,
+        "keep_best": checkpoint.keep_best is not None,
     }
     return tuple(feature for feature, enabled in chosen.items() if enabled)
 
@@ -253,25 +259,15 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
         Section(
             "checkpointer",
             "writes checkpoints atomically under output_dir/step_NNNNNN",
-            (
-                _component("tunegen.runtime.checkpointing.Checkpointer"),
-                Entry("output_dir", output_dir, "run directory, relative to this file"),
-                Entry("keep_last", spec.checkpoint.keep_last, doc_of(CheckpointSpec, "keep_last")),
-            ),
+            _checkpointer_items(spec, output_dir),
         ),
         Section(
             "dataset",
             DATASET_COMMENTS[data.format],
             _dataset_items(data, parsed, config_dir),
         ),
-        Section(
-            "dataloader",
-            "how samples are batched",
-            (
-                Entry("batch_size", "${training.batch_size}", "set in training.batch_size"),
-                Entry("shuffle", data.shuffle, doc_of(DataSpec, "shuffle")),
-            ),
-        ),
+        *_val_dataset_sections(data, parsed, config_dir),
+        Section("dataloader", "how samples are batched", _dataloader_items(data)),
         Section(
             "optimizer",
             "updates the trainable parameters",
@@ -488,6 +484,49 @@ def _export_items(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Ent
     return tuple(items)
 
 
+def _checkpointer_items(spec: Spec, output_dir: str) -> tuple[Entry, ...]:
+    checkpoint = spec.checkpoint
+    items = (
+        _component("tunegen.runtime.checkpointing.Checkpointer"),
+        Entry("output_dir", output_dir, "run directory, relative to this file"),
+        Entry("keep_last", checkpoint.keep_last, doc_of(CheckpointSpec, "keep_last")),
+    )
+    if checkpoint.keep_best is None:
+        return items
+    return (*items, Entry("keep_best", checkpoint.keep_best, "keep the lowest val_loss in best/"))
+
+
+def _dataloader_items(data: DataSpec) -> tuple[Entry, ...]:
+    items = (
+        Entry("batch_size", "${training.batch_size}", "set in training.batch_size"),
+        Entry("shuffle", data.shuffle, doc_of(DataSpec, "shuffle")),
+    )
+    if data.val_split is None:
+        return items
+    held_out = "share of the samples held out for validation (chosen by environment.seed)"
+    return (*items, Entry("val_split", data.val_split, held_out))
+
+
+def _val_dataset_sections(
+    data: DataSpec, parsed: ParsedSpec, config_dir: Path
+) -> tuple[Section, ...]:
+    """The validation data of `data.val_path`: read as the training data is (the same settings,
+    by interpolation), from its own file."""
+    if data.val_path is None:
+        return ()
+    items = [
+        _component(DATASETS[data.format]),
+        Entry(
+            "source",
+            _config_path(resolve_spec_path(parsed, data.val_path), config_dir),
+            "a .jsonl or .json file, validated on during training",
+        ),
+    ]
+    same = [entry.key for entry in _dataset_items(data, parsed, config_dir)[2:]]
+    items += [Entry(key, f"${{dataset.{key}}}", f"as dataset.{key}") for key in same]
+    return (Section("val_dataset", "validation data, read as the training data is", tuple(items)),)
+
+
 def _dataset_items(data: DataSpec, parsed: ParsedSpec, config_dir: Path) -> tuple[Entry, ...]:
     items = [
         _component(DATASETS[data.format]),
@@ -535,6 +574,19 @@ def _training_items(spec: Spec) -> tuple[Entry, ...]:
         items.append(
             Entry("clip_grad_norm", training.clip_grad_norm, "clip the gradient norm to this")
         )
+    if uses_validation(spec):
+        items += [
+            Entry(
+                "val_every_n_steps",
+                training.val_every_n_steps,
+                doc_of(TrainingSpec, "val_every_n_steps").partition(";")[0],
+            ),
+            Entry(
+                "val_max_batches",
+                training.val_max_batches,
+                doc_of(TrainingSpec, "val_max_batches"),
+            ),
+        ]
     items += [
         Entry(
             "save_every_n_steps",

@@ -62,6 +62,7 @@ __all__ = [
     "type_name",
     "uses_adapters",
     "uses_dora",
+    "uses_validation",
 ]
 
 METHODS = ("full", "lora", "dora", "qlora", "dpo", "kd")
@@ -146,6 +147,18 @@ class DataSpec(_Section):
         "token within max_seq_len); more is an error",
         ge=0,
         le=1,
+    )
+    val_path: str | None = option(
+        None,
+        "validation data: a separate file in data.format, relative to the spec; its loss is "
+        "logged during training (or data.val_split; null: no validation)",
+    )
+    val_split: Number | None = option(
+        None,
+        "validation data held out of data.path: this share of its samples, chosen "
+        "by training.seed alone and never trained on (or data.val_path; null: no validation)",
+        gt=0,
+        lt=1,
     )
 
 
@@ -234,6 +247,17 @@ class TrainingSpec(_Section):
         "at a NaN/inf loss: stop (exit 2, last checkpoint kept) or skip that step's update "
         "(stops anyway after 10 in a row)",
     )
+    val_every_n_steps: int | None = option(
+        None,
+        "validate every N optimizer steps and at the last step (null: at the end of every epoch "
+        "and at the last step); needs data.val_path or data.val_split",
+        ge=1,
+    )
+    val_max_batches: int | None = option(
+        None,
+        "validate on the first N batches of the validation data (null: all of it)",
+        ge=1,
+    )
 
 
 class CheckpointSpec(_Section):
@@ -257,6 +281,11 @@ class CheckpointSpec(_Section):
     )
     export_merged: bool = option(
         False, "lora: also write the model with adapters merged in, to hf_model/"
+    )
+    keep_best: Literal["val_loss"] | None = option(
+        None,
+        "val_loss: also keep the weights of the step with the lowest validation loss in "
+        "<output_dir>/best/, which keep_last never prunes (needs data.val_path or data.val_split)",
     )
 
 
@@ -351,6 +380,15 @@ CONFIG_KEYS: dict[str, str] = {
     "training.clip_grad_norm": "training.clip_grad_norm",
     "training.save_every_n_steps": "checkpoint.save_every_n_steps",
     "training.resume": "checkpoint.resume",
+    "training.val_every_n_steps": "training.val_every_n_steps",
+    "training.val_max_batches": "training.val_max_batches",
+    "checkpointer.keep_best": "checkpoint.keep_best",
+    "dataloader.val_split": "data.val_split",
+    "val_dataset.template": "data.template",
+    "val_dataset.train_on_input": "data.train_on_input",
+    "val_dataset.column": "data.column",
+    "val_dataset.max_seq_len": "data.max_seq_len",
+    "val_dataset.max_dropped_fraction": "data.max_dropped_fraction",
     "eval.template": "data.template",
     "eval.max_samples": "eval.max_samples",
     "eval.max_new_tokens": "eval.max_new_tokens",
@@ -383,6 +421,7 @@ FOREIGN_NAMES: dict[str, str] = {
     "save_steps": "checkpoint.save_every_n_steps",
     "save_total_limit": "checkpoint.keep_last",
     "resume_from_checkpoint": "checkpoint.resume",
+    "eval_steps": "training.val_every_n_steps",
     "model_name_or_path": "model",
     "max_seq_length": "data.max_seq_len",
     # axolotl
@@ -400,6 +439,7 @@ FOREIGN_NAMES: dict[str, str] = {
     "peft_use_dora": "lora.use_dora",
     "dpo_beta": "dpo.beta",
     "lr_scheduler": "training.scheduler",
+    "val_set_size": "data.val_split",
     # torchtune
     "lora_rank": "lora.rank",
     "lora_attn_modules": "lora.targets",
@@ -426,6 +466,11 @@ def uses_dora(spec: Spec) -> bool:
     return spec.method == "dora" or (
         uses_adapters(spec) and spec.lora is not None and spec.lora.use_dora
     )
+
+
+def uses_validation(spec: Spec) -> bool:
+    """Whether the spec validates during training (`data.val_path` or `data.val_split`)."""
+    return spec.data.val_path is not None or spec.data.val_split is not None
 
 
 # --------------------------------------------------------------------------------------------------

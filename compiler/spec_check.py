@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from tunegen.compiler.parse import ParsedSpec
-from tunegen.compiler.schema import Spec, spec_errors, strip_optional, type_name, uses_adapters
+from tunegen.compiler.schema import (
+    Spec,
+    spec_errors,
+    strip_optional,
+    type_name,
+    uses_adapters,
+    uses_validation,
+)
 from tunegen.runtime.config import did_you_mean, expand_home
 from tunegen.runtime.errors import Problem, SpecError
 
@@ -122,8 +129,23 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             "checkpoint.resume",
             f"expected true, false, auto or an existing checkpoint dir; {resume!r} is none of these",
         )
+    _check_validation(spec, problem)
     _check_files(spec, parsed, problem)
     _check_logging_backends(spec, problem)
+
+
+def _check_validation(spec: Spec, problem: Any) -> None:
+    """One source of validation data, and the keys that use it only with one."""
+    if spec.data.val_path is not None and spec.data.val_split is not None:
+        problem("data.val_split", "set data.val_path or data.val_split, not both")
+    if uses_validation(spec):
+        return
+    needs = "needs validation data: set data.val_path (a file) or data.val_split (a share)"
+    for key in ("val_every_n_steps", "val_max_batches"):
+        if getattr(spec.training, key) is not None:
+            problem(f"training.{key}", needs)
+    if spec.checkpoint.keep_best is not None:
+        problem("checkpoint.keep_best", needs)
 
 
 def _check_logging_backends(spec: Spec, problem: Any) -> None:
@@ -286,7 +308,11 @@ def _check_lora_targets(targets: list[str], known: tuple[str, ...], problem: Any
 
 
 def _check_files(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
-    files = {"data.path": spec.data.path, "tokenizer": spec.tokenizer}
+    files = {
+        "data.path": spec.data.path,
+        "data.val_path": spec.data.val_path,
+        "tokenizer": spec.tokenizer,
+    }
     if spec.eval is not None:
         files["eval.path"] = spec.eval.path
     for key_path, value in files.items():

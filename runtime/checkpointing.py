@@ -16,6 +16,11 @@ of a run (rsync copies `checkpoint.json` before `model.safetensors`). Stale temp
 save are invisible to `latest()` and removed by the next save. Old checkpoints are pruned only once
 the new one is complete, so a crash never leaves fewer checkpoints than before.
 
+With `keep_best` (a metric name, `val_loss`), `save_best` also keeps the weights of the step
+where that metric was lowest in `best/` (the same layout, its `checkpoint.json` also holding the
+metric); `keep_last` prunes only `step_*` dirs, so it never deletes them, and resuming never
+reads them.
+
 Weights are stored as safetensors and recipe state is read back with `torch.load(weights_only=True)`:
 loading a checkpoint never runs code from it. One process writes to an `output_dir` at a time.
 """
@@ -23,6 +28,7 @@ loading a checkpoint never runs code from it. One process writes to an `output_d
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -49,6 +55,7 @@ from .errors import CheckpointError, ConfigError, and_more, one_line
 from .run_config import check_resume_changes, config_changes, config_source, effective_config
 
 __all__ = [
+    "BEST_DIR",
     "FORMAT_VERSION",
     "Checkpointer",
     "load_training_state",
@@ -63,6 +70,8 @@ _MARKER = "checkpoint.json"
 _RECIPE_STATE = "recipe_state.pt"
 _CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"step_(\d+)")
+BEST_DIR = "best"
+BEST_METRICS = ("val_loss",)  # what keep_best may name: lower is better
 _OVERHEAD_BYTES = 1 << 20  # headers, pickle framing and the marker, generously
 
 
@@ -71,9 +80,21 @@ class Checkpointer:
 
     `keep_last` (None keeps all) bounds how many complete checkpoints stay on disk; the oldest are
     deleted after each successful save. Note that a save needs room for `keep_last + 1` of them.
+    `keep_best` (None, or "val_loss") makes `save_best` keep the best step's weights in `best/`.
     """
 
-    def __init__(self, *, output_dir: str | Path, keep_last: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        output_dir: str | Path,
+        keep_last: int | None = None,
+        keep_best: str | None = None,
+    ) -> None:
+        if keep_best is not None and keep_best not in BEST_METRICS:
+            raise ConfigError(
+                f"checkpointer.keep_best: expected null or {', '.join(BEST_METRICS)}, "
+                f"got {keep_best!r}"
+            )
         if keep_last is not None and (
             isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
         ):
@@ -82,6 +103,7 @@ class Checkpointer:
             )
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
+        self.keep_best = keep_best
         self._config: dict[str, Any] | None = None  # written into each checkpoint
         self._exports: list[Path] = []  # this run's export dirs, stale after a new checkpoint
 
@@ -147,6 +169,68 @@ class Checkpointer:
         self._prune(keep=final)
         self._remove_stale_exports()
         return final
+
+    @property
+    def best_dir(self) -> Path:
+        """Where `save_best` keeps the best step's weights: `output_dir/best`."""
+        return self.output_dir / BEST_DIR
+
+    def best(self) -> tuple[int, float] | None:
+        """(step, metric value) of the checkpoint in `best/`, or None when there is none."""
+        if not self.is_complete(self.best_dir):
+            return None
+        marker = _read_marker(self.best_dir)
+        return int(marker["step"]), float(marker[self.keep_best or BEST_METRICS[0]])
+
+    def save_best(
+        self,
+        step: int,
+        tensors: Mapping[str, Tensor],
+        *,
+        filename: str = "model.safetensors",
+        metrics: Mapping[str, float],
+    ) -> Path | None:
+        """Keep `tensors` in `best/` when `metrics[keep_best]` is lower than the value of the
+        weights kept there (or none are); return `best/`, or None when nothing was written.
+
+        The new weights are written completely (as `save` writes a step) before the old ones are
+        swapped out, so a crash while writing leaves the old best in place.
+        """
+        if self.keep_best is None:
+            raise ConfigError(
+                "checkpointer.keep_best is null: there is no metric to keep the best by"
+            )
+        value = float(metrics[self.keep_best])
+        kept = self.best()
+        if not math.isfinite(value) or (kept is not None and value >= kept[1]):
+            return None
+        _check_filename(filename)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_dirs()
+        self._check_disk_space(self.best_dir, _check_tensors(tensors) + _OVERHEAD_BYTES)
+        temp = self.output_dir / f"{TEMP_PREFIX}{BEST_DIR}-{os.getpid()}"
+        temp.mkdir()
+        try:
+            files = {filename: write_safetensors(prepare_tensors(tensors), temp / filename)}
+            marker = {
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                self.keep_best: value,
+                "files": files,
+            }
+            write_bytes(temp / _MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+            fsync_dir(temp)
+            if self.best_dir.exists():
+                os.rename(
+                    self.best_dir, self.output_dir / f"{TEMP_PREFIX}delete-{BEST_DIR}-{os.getpid()}"
+                )
+            os.rename(temp, self.best_dir)
+            fsync_dir(self.output_dir)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        self._remove_stale_temp_dirs()
+        return self.best_dir
 
     def _remove_stale_exports(self) -> None:
         """A new checkpoint makes this run's earlier exports stale: remove them (export writes

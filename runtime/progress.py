@@ -12,6 +12,7 @@ above it instead of inside it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -69,6 +70,7 @@ class Progress:
         self.last: dict[str, float] = {}
         self.smoothed_loss: float | None = None
         self.best_val: tuple[float, int] | None = None  # (loss, step)
+        self.last_val: float | None = None  # the latest validation loss
         self._drawn_at = 0.0
         self._shown = False
 
@@ -96,6 +98,16 @@ class Progress:
             self._drawn_at = now
             self._draw()
 
+    def validation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record the validation metrics measured after step `step` (`val_loss` among them):
+        the live line shows the latest, the summary the best."""
+        val = float(metrics["val_loss"])
+        self.last_val = val
+        if math.isfinite(val) and (self.best_val is None or val < self.best_val[0]):
+            self.best_val = (val, step)
+        if self.live:
+            self._draw()
+
     def line(self, width: int = 200) -> str:
         """The live line's text: bar, step/total, epoch, smoothed loss, lr, tokens/s, ETA and
         memory; the bar is left out when the whole would not fit in `width` columns."""
@@ -106,6 +118,8 @@ class Progress:
         parts = [f"{self.step}/{self.total_steps}", f"ep {epoch}/{epochs}"]
         if self.smoothed_loss is not None:
             parts.append(f"loss {self.smoothed_loss:.4f}")
+        if self.last_val is not None:
+            parts.append(f"val {self.last_val:.4f}")
         if "lr" in self.last:
             parts.append(f"lr {self.last['lr']:.1e}")
         if "tokens_per_s" in self.last:
@@ -143,8 +157,9 @@ class Progress:
                 f" (smoothed {self.smoothed_loss:.4f})" if self.smoothed_loss is not None else ""
             )
             lines.append(f"  final train loss   {self.last['loss']:.4f}{smoothed}")
-        if self.best_val is not None:
-            lines.append(f"  best val loss      {self.best_val[0]:.4f} at step {self.best_val[1]}")
+        best_val = _best_logged_val(Path(run_dir) / "metrics.jsonl", self.best_val)
+        if best_val is not None:
+            lines.append(f"  best val loss      {best_val[0]:.4f} at step {best_val[1]}")
         lines.append(f"  peak memory        {memory_usage(self.device, peak=True).long()}")
         lines += [f"  {name:<18} {where}" for name, where in run_outputs(Path(run_dir)).items()]
         return lines
@@ -250,10 +265,42 @@ def run_outputs(run_dir: Path) -> dict[str, str]:
         if path in steps or path.name.startswith("."):
             continue
         name = "metrics" if path.name == "metrics.jsonl" else path.name
+        if name == "best" and (path / "checkpoint.json").is_file():
+            outputs["best checkpoint"] = f"{path}{os.sep} ({_best_of(path)})"
+            continue
         outputs[name] = f"{path}{os.sep if path.is_dir() else ''}"
     if (run_dir / "metrics.jsonl").exists():
         outputs["plot"] = f"tunegen plot {run_dir}"
     return outputs
+
+
+def _best_logged_val(path: Path, best: tuple[float, int] | None) -> tuple[float, int] | None:
+    """The lowest `val_loss` (and its step) of `best` and the records of the metrics file at
+    `path`, which also holds what a resumed run logged before it was stopped."""
+    candidates = [best] if best is not None else []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        value = record.get("val_loss") if isinstance(record, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and "step" in record:
+            candidates.append((float(value), int(record["step"])))
+    # The lowest loss; between equal ones, the earliest step.
+    return min(candidates, key=lambda c: (c[0], c[1])) if candidates else None
+
+
+def _best_of(path: Path) -> str:
+    """`step 40, val_loss 1.2345`: what the best checkpoint dir at `path` holds."""
+    try:
+        marker = json.loads((path / "checkpoint.json").read_text(encoding="utf-8"))
+        return f"step {marker['step']}, val_loss {marker['val_loss']:.4f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the lowest validation loss"
 
 
 def _use_live_line() -> bool:

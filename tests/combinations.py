@@ -54,6 +54,25 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "method": "dora",
         "training": {"grad_accum": 2, "on_nonfinite_loss": "skip"},
     },
+    # Validation: held out of the training data (and the best step kept), or its own file
+    # (unpacked while training packs), for each objective.
+    "lora_val_split_keep_best": {
+        "method": "lora",
+        "data": {**INSTRUCT, "val_split": 0.02},
+        "training": {"val_every_n_steps": 2, "val_max_batches": 4},
+        "checkpoint": {"keep_best": "val_loss"},
+    },
+    "dpo_val_split": {
+        "method": "dpo",
+        "data": {**PREFERENCE, "val_split": 0.05},
+        "training": {"val_max_batches": 2},
+    },
+    "kd_packed_val_file": {
+        "method": "kd",
+        "kd": TEACHER,
+        "data": {**INSTRUCT, "packed": True, "val_path": "data/demo_heldout.jsonl"},
+        "training": {"val_max_batches": 2},
+    },
 }
 
 # Compiled for review only (tests/golden/combinations/): a recipe without the features every

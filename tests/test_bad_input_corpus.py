@@ -193,6 +193,12 @@ def _left_conflicts(workdir: Path) -> None:
     assert _call(["update", "generated/bad.py"]) == 1
 
 
+def _compile_then_write(workdir: Path, name: str, text: str) -> None:
+    """Compile spec.yaml (to generated/bad.py), then write file `name`."""
+    assert _call(["new", "--spec", "spec.yaml"]) == 0
+    (workdir / name).write_text(text)
+
+
 CASES: dict[str, Case] = {
     # -- specs ------------------------------------------------------------------------------------
     "spec_bad_yaml": Case(
@@ -319,6 +325,53 @@ CASES: dict[str, Case] = {
         _spec_with("max_seq_len: 64", "max_seq_len: 64, max_dropped_fraction: 2"),
         ["validate", "spec.yaml"],
         "data.max_dropped_fraction: must be at most 1",
+    ),
+    # validation during training (data.val_path / data.val_split, checkpoint.keep_best)
+    "spec_val_path_and_val_split": Case(
+        "spec",
+        {
+            **_spec_with("max_seq_len: 64", "max_seq_len: 64, val_path: val.jsonl, val_split: 0.1"),
+            "val.jsonl": INSTRUCT,
+        },
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:4: data.val_split: set data.val_path or data.val_split, not both",
+    ),
+    "spec_val_split_out_of_range": Case(
+        "spec",
+        _spec_with("max_seq_len: 64", "max_seq_len: 64, val_split: 1.5"),
+        ["validate", "spec.yaml"],
+        "spec.yaml:4: data.val_split: must be less than 1, got 1.5",
+    ),
+    "spec_val_split_zero": Case(
+        "spec",
+        _spec_with("max_seq_len: 64", "max_seq_len: 64, val_split: 0"),
+        ["new", "-s", "spec.yaml"],
+        "data.val_split: must be greater than 0, got 0",
+    ),
+    "spec_keep_best_without_validation": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\ncheckpoint: {keep_best: val_loss}"),
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:2: checkpoint.keep_best: needs validation data: set data.val_path (a file) "
+        "or data.val_split (a share)",
+    ),
+    "spec_val_every_n_steps_without_validation": Case(
+        "spec",
+        _spec_with("batch_size: 1}", "batch_size: 1, val_every_n_steps: 5}"),
+        ["validate", "spec.yaml"],
+        "training.val_every_n_steps: needs validation data",
+    ),
+    "spec_keep_best_unknown_metric": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\ncheckpoint: {keep_best: accuracy}"),
+        ["new", "-s", "spec.yaml"],
+        "checkpoint.keep_best: 'accuracy' is not one of val_loss",
+    ),
+    "spec_missing_val_file": Case(
+        "spec",
+        _spec_with("max_seq_len: 64", "max_seq_len: 64, val_path: val.jsonl"),
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:4: data.val_path: file 'val.jsonl' not found",
     ),
     "validate_empty_file": Case(
         "spec", {"x.yaml": ""}, ["validate", "x.yaml"], "x.yaml: the file is empty; expected"
@@ -513,6 +566,34 @@ CASES: dict[str, Case] = {
         },
         ["data", "spec.yaml"],
         "longer than max_seq_len=8",
+    ),
+    "data_malformed_val_file": Case(
+        "data",
+        {
+            **_spec_with("max_seq_len: 64", "max_seq_len: 64, val_path: val.jsonl"),
+            "val.jsonl": INSTRUCT + "{oops\n",
+        },
+        ["validate", "spec.yaml"],
+        "val.jsonl:2: not valid JSON",
+    ),
+    "data_val_file_bad_records_at_run": Case(
+        "data",
+        {
+            **_spec_with("max_seq_len: 64", "max_seq_len: 64, val_path: val.jsonl"),
+            "val.jsonl": INSTRUCT,
+        },
+        ["run", "generated/bad.py", "val_dataset.source=other.jsonl"],
+        "other.jsonl:1: missing field 'output'",
+        lambda root: _compile_then_write(root, "other.jsonl", '{"instruction": "x"}\n'),
+    ),
+    "data_val_split_leaves_too_few": Case(
+        "data",
+        {
+            **_spec_with("max_seq_len: 64", "max_seq_len: 64, val_split: 0.5"),
+            "train.jsonl": INSTRUCT * 3,
+        },
+        ["validate", "spec.yaml", "training.batch_size=2"],
+        "dataset: 1 samples (2 held out for validation) are too few for one optimizer step",
     ),
     "data_not_utf8": Case(
         "data",

@@ -28,18 +28,21 @@ DATA = "data: {path: data/demo_train.jsonl, max_seq_len: 64}\n"
 SPECS = {
     # Every config key of the table is in at least one of these configs.
     "adapters": (
-        "name: adapters\nmethod: lora\nmodel: tiny\n" + DATA + "lora: {rank: 4}\n"
-        "training: {max_steps: 1, batch_size: 2}\n"
-        "checkpoint: {save_every_n_steps: 1, keep_last: 1}\n"
+        "name: adapters\nmethod: lora\nmodel: tiny\n"
+        + DATA.replace("}", ", val_path: data/demo_heldout.jsonl}")
+        + "lora: {rank: 4}\n"
+        "training: {max_steps: 1, batch_size: 2, val_every_n_steps: 1, val_max_batches: 1}\n"
+        "checkpoint: {save_every_n_steps: 1, keep_last: 1, keep_best: val_loss}\n"
         "eval: {path: data/demo_heldout.jsonl}\nprofiler: {}\n"
     ),
     "text": (
         "name: text\nmethod: full\nmodel: tiny\n"
-        "data: {path: data/demo_train.jsonl, format: text, column: output}\n"
+        "data: {path: data/demo_train.jsonl, format: text, column: output,"
+        " val_path: data/demo_heldout.jsonl}\n"
     ),
     "pref": (
         "name: pref\nmethod: dpo\nmodel: tiny\n"
-        "data: {path: data/demo_preference.jsonl, format: preference}\n"
+        "data: {path: data/demo_preference.jsonl, format: preference, val_split: 0.1}\n"
     ),
     "distil": ("name: distil\nmethod: kd\nmodel: ckpt\n" + DATA + "kd: {teacher: ckpt}\n"),
 }
@@ -108,10 +111,10 @@ def _rules(spec_key: str) -> list[tuple[str, str, str]]:
         rules.append(("type", "3", "expected a string, got an integer (3)"))
     else:  # bool | str
         rules.append(("type", "3", "expected true or false or a string, got an integer (3)"))
-    words = {"ge": "at least", "gt": "greater than", "le": "at most"}
+    words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
     for name, bound in bounds_of(field).items():
         step = 1 if hint is int else 0.5
-        bad = bound - step if name == "ge" else (bound if name == "gt" else bound + step)
+        bad = {"ge": bound - step, "gt": bound, "le": bound + step, "lt": bound}[name]
         bad = int(bad) if hint is int else float(bad)
         rules.append((name, repr(bad), f"must be {words[name]} {bound:g}, got {bad!r}"))
     return rules
@@ -168,6 +171,11 @@ def test_every_config_key_is_covered(compiled: dict[str, str]) -> None:
         "optimizer.lr",
         "optimizer.weight_decay",
         "lr_scheduler.warmup_steps",
+        # the validation data is read as the training data is (specs/demo.yaml has one)
+        "val_dataset.template",
+        "val_dataset.train_on_input",
+        "val_dataset.max_seq_len",
+        "val_dataset.max_dropped_fraction",
     } == INTERPOLATED
     assert len(CASES) >= 80
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from omegaconf import DictConfig, OmegaConf
 
 from tunegen.compiler.cli import data_view
 from tunegen.compiler.cli.app import (
@@ -87,3 +88,22 @@ def data(
     for text in rendered:
         typer.echo(text)
     typer.echo(data_view.format_stats(stats, source=view.source))
+    note = _validation_note(cfg, len(view.dataset))
+    if note:
+        typer.echo(note)
+
+
+def _validation_note(cfg: DictConfig, samples: int) -> str:
+    """Where the run's validation data comes from, with the split's sizes; "" without any."""
+    fraction = OmegaConf.select(cfg, "dataloader.val_split", default=None)
+    if fraction is not None:
+        from tunegen.runtime.validation import split_sizes
+
+        training, validation = split_sizes(samples, fraction)
+        return (
+            f"validation: {validation:,} of these {samples:,} samples are held out "
+            f"(dataloader.val_split {fraction:g}); {training:,} train"
+        )
+    if "val_dataset" in cfg:
+        return f"validation: {cfg.val_dataset.source} (val_dataset)"
+    return ""

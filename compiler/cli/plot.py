@@ -75,7 +75,8 @@ def load_metrics(run_dir: Path) -> list[dict[str, float]]:
             and "event" not in record
             and isinstance(record.get("step"), int)
         ):
-            records[record["step"]] = {k: _float(v) for k, v in record.items()}
+            # A step may have several records (its train metrics, then its validation).
+            records.setdefault(record["step"], {}).update({k: _float(v) for k, v in record.items()})
     if not records:
         raise TunegenError(f"{path}: no step records yet")
     return [records[step] for step in sorted(records)]

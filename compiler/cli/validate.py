@@ -195,15 +195,43 @@ def check_data(cfg: DictConfig) -> str:
         return "no dataset section: data not checked"
     view = build_data_view(cfg)
     samples = len(view.dataset)
+    training, validation = _split_sizes(cfg, samples)
     per_step = view.batch_size * int(OmegaConf.select(cfg, "training.grad_accum", default=1))
-    if samples < per_step:
+    if training < per_step:
+        held_out = f" ({validation} held out for validation)" if validation else ""
         raise DataError(
-            f"dataset: {samples} samples are too few for one optimizer step "
+            f"dataset: {training} samples{held_out} are too few for one optimizer step "
             "(dataloader.batch_size x training.grad_accum)"
         )
     _check_eval_data(cfg)
     dropped = getattr(view.dataset, "num_dropped", 0)
-    return f"data: {samples:,} samples, {dropped:,} records dropped"
+    split = f" ({training:,} training, {validation:,} validation)" if validation else ""
+    text = f"data: {samples:,} samples{split}, {dropped:,} records dropped"
+    val_samples = _check_val_data(cfg, view.tokenizer)
+    return text if val_samples is None else f"{text}; validation data: {val_samples:,} samples"
+
+
+def _split_sizes(cfg: DictConfig, samples: int) -> tuple[int, int]:
+    """(training, validation) samples of the dataset, split as `dataloader.val_split` asks."""
+    fraction = OmegaConf.select(cfg, "dataloader.val_split", default=None)
+    if fraction is None:
+        return samples, 0
+    from tunegen.runtime.validation import split_sizes
+
+    return split_sizes(samples, fraction)
+
+
+def _check_val_data(cfg: DictConfig, tokenizer: Any) -> int | None:
+    """Build the validation data of a `val_dataset` section as the recipe does (every bad record
+    reported as `file:line: reason`); its sample count, or None without one."""
+    if "val_dataset" not in cfg:
+        return None
+    from tunegen.runtime.config import instantiate
+
+    dataset = instantiate(cfg.val_dataset, tokenizer=tokenizer)
+    if len(dataset) == 0:
+        raise DataError(f"val_dataset: {cfg.val_dataset.source} holds no sample to validate on")
+    return len(dataset)
 
 
 def _check_eval_data(cfg: DictConfig) -> None:

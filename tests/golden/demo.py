@@ -1,4 +1,4 @@
-# Compiled by tunegen 0.1.0 from specs/demo.yaml (spec sha256 598ac38b3791).
+# Compiled by tunegen 0.1.0 from specs/demo.yaml (spec sha256 6ee6f600e400).
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/demo.py [key=value ...]
 #   python generated/demo.py --config generated/demo.yaml [key=value ...]
@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from functools import partial
+from itertools import islice
 
 import torch
 from omegaconf import DictConfig
@@ -33,6 +34,7 @@ from tunegen.runtime.metric_logging import real_token_count, throughput
 from tunegen.runtime.numerics import check_finite_loss
 from tunegen.runtime.progress import Progress
 from tunegen.runtime.run_config import RunLength
+from tunegen.runtime.validation import validation_due
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -64,6 +66,7 @@ class FullFinetuneRecipe:
         self.tokenizer = instantiate(self.cfg.tokenizer)
         # Data first: a bad record should stop the run before any weights are built.
         self.dataloader = self._setup_data()
+        self.val_dataloader = self._setup_val_data()
         self.model = self._setup_model()
         self.optimizer = self._setup_optimizer()
         self.lr_scheduler = self._setup_lr_scheduler()
@@ -92,6 +95,17 @@ class FullFinetuneRecipe:
                 "(dataloader.batch_size x training.grad_accum)"
             )
         return dataloader
+
+    def _setup_val_data(self) -> DataLoader:
+        """Validation batches in file order, padded (never packed), every sample."""
+        val_dataset = instantiate(self.cfg.val_dataset, tokenizer=self.tokenizer)
+        return DataLoader(
+            val_dataset,
+            batch_size=self.cfg.dataloader.batch_size,
+            collate_fn=partial(padded_collate, pad_id=self.tokenizer.pad_id),
+            # Its own generator: iterating it draws nothing from the training RNG.
+            generator=torch.Generator(),
+        )
 
     def _setup_model(self) -> torch.nn.Module:
         model = instantiate(self.cfg.model)
@@ -192,11 +206,45 @@ class FullFinetuneRecipe:
                     ),
                 )
                 self.lr_scheduler.step()
+                self._validate_if_due()
                 self._save_if_due()
                 stop.check(self.global_step)
         self.save_checkpoint()
         self.progress.close()
         stop.release(self.global_step)
+
+    def _validate_if_due(self) -> None:
+        """Validate every training.val_every_n_steps steps (null: at each epoch's end)
+        and at the last step; log the metrics at this step."""
+        due = validation_due(
+            self.global_step,
+            every_n_steps=self.cfg.training.val_every_n_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        if not due:
+            return
+        metrics = self.validate()
+        self.metric_logger.log(self.global_step, metrics)
+        self.progress.validation(self.global_step, metrics)
+
+    def validate(self) -> dict[str, float]:
+        """The metrics on the validation data (its first training.val_max_batches
+        batches; null: all), with the model in eval mode and no gradients."""
+        self.model.eval()
+        batches = islice(self.val_dataloader, self.cfg.training.val_max_batches)
+        with torch.no_grad():
+            loss_sum, num_tokens = 0.0, 0
+            for batch in batches:
+                tokens = batch["tokens"].to(self.device)  # (B, T)
+                labels = batch["labels"].to(self.device)  # (B, T), -100: no loss
+                batch_loss, batch_tokens = self.loss_fn(self.model(tokens), labels)
+                loss_sum += batch_loss.item()
+                num_tokens += int(batch_tokens)
+            # Weighted by tokens, as the training loss is.
+            metrics = {"val_loss": loss_sum / max(num_tokens, 1)}
+        self.model.train()
+        return metrics
 
     def _log_step(self, num_inputs: int, /, **metrics: float) -> None:
         step = self.global_step
