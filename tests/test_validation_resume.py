@@ -2,11 +2,10 @@
 losses at the same steps, and the same best checkpoint as the uninterrupted run.
 
 The run is killed with SIGKILL at a random moment after a checkpoint and resumed with
-`training.resume=auto`, as in tests/test_kill_and_resume.py. LoRA dropout is 0 here as there:
-the training DataLoader's `iter()` draws a seed from the global RNG, once per epoch in an
-uninterrupted run but also at the resume point in a resumed one, so with dropout > 0 a resumed
-run differs whether or not it validates. That validating draws nothing from the training RNG is
-checked with dropout on by tests/test_validation.py.
+`training.resume=auto`, as in tests/test_kill_and_resume.py. LoRA dropout is on: the training
+and validation DataLoaders have their own generators, so neither starting an epoch nor
+validating draws from the global RNG that dropout uses, and the resumed run draws exactly the
+dropout masks of the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ name: resumed_val
 method: lora
 model: tiny
 data: {path: data/demo_train.jsonl, max_seq_len: 64, val_split: 0.005}
-lora: {rank: 8, alpha: 16, targets: [q_proj, v_proj]}
+lora: {rank: 8, alpha: 16, dropout: 0.1, targets: [q_proj, v_proj]}
 training: {max_steps: 8, batch_size: 4, lr: 3.0e-3, seed: 5, val_every_n_steps: 2, val_max_batches: 2}
 checkpoint: {save_every_n_steps: 2, keep_best: val_loss, export_hf: false}
 logging: {every_n_steps: 1}

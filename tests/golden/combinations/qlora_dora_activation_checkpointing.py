@@ -86,6 +86,9 @@ class QLoRAFinetuneRecipe:
             sampler=self.sampler,
             collate_fn=partial(padded_collate, pad_id=self.tokenizer.pad_id),
             drop_last=True,
+            # Its own generator: starting an epoch draws nothing from the global RNG, which
+            # dropout uses, so a resumed run draws exactly what the uninterrupted run drew.
+            generator=torch.Generator(),
         )
         # A step takes grad_accum micro-batches; a last partial window is skipped.
         self.steps_per_epoch = len(dataloader) // self.cfg.training.grad_accum
