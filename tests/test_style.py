@@ -26,3 +26,10 @@ def test_ruff_check_and_format():
         check=False,
     )
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by basename (tests/ has no packages): two files of one name
+    in different folders stop the whole collection."""
+    names = [path.name for path in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
