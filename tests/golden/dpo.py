@@ -90,8 +90,8 @@ class LoRADPORecipe:
             sampler=self.sampler,
             collate_fn=partial(preference_collate, pad_id=self.tokenizer.pad_id),
             drop_last=True,
-            # Its own generator: starting an epoch draws nothing from the global RNG, which
-            # dropout uses, so a resumed run draws exactly what the uninterrupted run drew.
+            # Its own generator: an epoch's start draws nothing from the global
+            # RNG that dropout uses, so a resumed run draws what the first run did.
             generator=torch.Generator(),
         )
         # A step takes grad_accum micro-batches; a last partial window is skipped.
