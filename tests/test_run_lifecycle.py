@@ -84,7 +84,7 @@ def _config_keys() -> set[str]:
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
 
-    for config in (REPO / "tests/golden").glob("*.yaml"):
+    for config in (REPO / "tests/golden").rglob("*.yaml"):  # shipped specs and combinations
         walk(OmegaConf.to_container(OmegaConf.load(config)))
     return keys
 
