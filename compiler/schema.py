@@ -221,7 +221,12 @@ class TrainingSpec(_Section):
     clip_grad_norm: Number | None = option(
         1.0, "clip the gradient norm to this (null: no clipping)", gt=0
     )
-    dtype: Literal["fp32", "bf16"] = option("fp32", "parameter and compute dtype")
+    dtype: Literal["fp32", "bf16", "auto"] = option(
+        "fp32",
+        "parameter and compute dtype; auto: bf16 where the hardware computes it natively (a CUDA "
+        "GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. fp32 is the default because "
+        "CPUs without those instructions run bf16 slower than fp32",
+    )
     device: str = option(
         "auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"
     )
@@ -233,6 +238,34 @@ class TrainingSpec(_Section):
         "stop",
         "at a NaN/inf loss: stop (exit 2, last checkpoint kept) or skip that step's update "
         "(stops anyway after 10 in a row)",
+    )
+    # Speed and memory (issue 18); each is measured in docs/benchmarks.md.
+    compile: bool = option(
+        False,
+        "compile each transformer block with torch.compile (regional: one compile serves every "
+        "layer); faster steps after a compile of seconds to minutes; on CPU it needs a C++ compiler",
+    )
+    chunked_loss: bool | Literal["auto"] = option(
+        "auto",
+        "compute the cross-entropy in chunks of rows from the final hidden states, never holding "
+        "the fp32 logits of the whole batch (less memory); auto: on a GPU only (on CPU it is "
+        "slower and memory is rarely the limit)",
+    )
+    fused_optimizer: bool = option(
+        True,
+        "AdamW's fused kernel (torch.optim.AdamW(fused=True)): one pass per parameter, measured "
+        "2.3x faster than the default on CPU; false: torch's default implementation",
+    )
+    optimizer_in_bwd: bool = option(
+        False,
+        "full fine-tuning: update each parameter as soon as its gradient is ready and free the "
+        "gradient (less memory); needs grad_accum 1 and clip_grad_norm null",
+    )
+    tokens_per_batch: int | None = option(
+        None,
+        "token-budget batches instead of batch_size samples: samples of similar length, as many "
+        "as fit N tokens once padded (at least data.max_seq_len; null: batch_size samples)",
+        ge=8,
     )
 
 
@@ -361,6 +394,8 @@ CONFIG_KEYS: dict[str, str] = {
     "logging.progress": "logging.progress",
     "environment.device": "training.device",
     "environment.dtype": "training.dtype",
+    "optimizer.fused": "training.fused_optimizer",
+    "training.tokens_per_batch": "training.tokens_per_batch",
     "environment.seed": "training.seed",
 }
 """Each generated-config key that holds a spec value, and the spec key it comes from.
