@@ -223,9 +223,8 @@ class TrainingSpec(_Section):
     )
     dtype: Literal["fp32", "bf16", "auto"] = option(
         "fp32",
-        "parameter and compute dtype; auto: bf16 where the hardware computes it natively (a CUDA "
-        "GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. fp32 is the default because "
-        "CPUs without those instructions run bf16 slower than fp32",
+        "parameter and compute dtype; auto: bf16 where the hardware has it (CUDA, or a CPU with "
+        "AVX512-BF16/AMX), else fp32, as CPUs without it run bf16 slower than fp32",
     )
     device: str = option(
         "auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"

@@ -25,7 +25,12 @@ except ImportError:  # pragma: no cover - numpy ships with the test environment
 
 __all__ = [
     "has_native_bf16",
-    "resolve_device", "resolve_dtype", "rng_state", "seed_everything", "set_rng_state"]
+    "resolve_device",
+    "resolve_dtype",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,9 +83,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if has_native_bf16(device) else torch.float32
     if name not in _DTYPES:
-        raise ConfigError(
-            f"environment.dtype: {name!r} is not one of {', '.join(_DTYPES)}, auto"
-        )
+        raise ConfigError(f"environment.dtype: {name!r} is not one of {', '.join(_DTYPES)}, auto")
     dtype = _DTYPES[name]
     if dtype is torch.bfloat16 and device.type == "cuda":
         with torch.cuda.device(device):

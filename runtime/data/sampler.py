@@ -103,7 +103,9 @@ class LengthBucketSampler(ResumableSampler):
         return [index for batch in batches for index in batch] + tail
 
 
-def token_budget_batches(lengths: list[int], order: list[int], tokens_per_batch: int) -> list[list[int]]:
+def token_budget_batches(
+    lengths: list[int], order: list[int], tokens_per_batch: int
+) -> list[list[int]]:
     """Cut `order` (dataset indices), sorted longest first (ties keep `order`), into batches
     whose padded size, longest length x count, stays within `tokens_per_batch`.
 

@@ -112,7 +112,9 @@ def test_chunked_cross_entropy_with_a_frozen_head_and_no_targets() -> None:
     loss.backward()
     assert model.lm_head.weight.grad is None
     with torch.no_grad():  # evaluation: no gradient work at all
-        value, _ = ChunkedCrossEntropyLoss()(model.hidden_states(tokens), model.output_weight, labels)
+        value, _ = ChunkedCrossEntropyLoss()(
+            model.hidden_states(tokens), model.output_weight, labels
+        )
     expected, _ = CrossEntropyLoss()(model(tokens), labels)
     torch.testing.assert_close(value, expected.detach(), rtol=1e-6, atol=1e-5)
 
