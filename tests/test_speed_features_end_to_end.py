@@ -142,9 +142,15 @@ def test_validate_says_in_one_line_when_compile_has_no_cpp_compiler(
 ) -> None:
     compile_spec("fast", {"method": "full", "training": {"compile": True}}, steps=1)
     monkeypatch.setattr("shutil.which", lambda name: None)
-    made = tunegen_in_process("new", "--force", "--spec", "fast.yaml")
+    made = tunegen_in_process("validate", "fast.yaml")
     assert made.returncode == 2
     assert made.stderr.strip().splitlines() == [
-        "error: fast.yaml:11: training.compile: torch.compile on CPU needs a C++ compiler "
+        "error: fast.yaml:12: training.compile: torch.compile on CPU needs a C++ compiler "
         "(g++ or clang++) on PATH; install one or set training.compile: false"
+    ]
+    made = tunegen_in_process("validate", "generated/fast.yaml")
+    assert made.returncode == 2
+    assert made.stderr.strip().splitlines() == [
+        "error: generated/fast.py: torch.compile on CPU needs a C++ compiler (g++ or clang++) "
+        "on PATH; install one, or compile the spec with training.compile: false"
     ]
