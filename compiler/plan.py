@@ -196,7 +196,8 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
 def chunks_loss(spec: Spec) -> bool:
     """Whether the SFT loss is computed chunk by chunk from the hidden states: when the spec
     asks, or by default (`auto`) when it trains on a CUDA device, where the full fp32 logits are
-    often the largest tensor of a step. On CPU the plain loss measured faster."""
+    often the largest tensor of a step. `auto` leaves the recipes of `device: auto` and `cpu`
+    as they were (on CPU, torchtune's chunked loss measured 6-19% slower)."""
     if spec.method in ("dpo", "kd"):  # their losses read the whole logits
         return False
     chunked = spec.training.chunked_loss

@@ -246,9 +246,9 @@ class TrainingSpec(_Section):
     )
     chunked_loss: bool | Literal["auto"] = option(
         "auto",
-        "compute the cross-entropy in chunks of rows from the final hidden states, never holding "
-        "the fp32 logits of the whole batch (less memory); auto: on a GPU only (on CPU it is "
-        "slower and memory is rarely the limit)",
+        "compute the cross-entropy from the final hidden states a chunk of rows at a time, "
+        "skipping rows without a target: the batch's fp32 logits never exist at once (method "
+        "full, lora, dora, qlora); auto: when training.device is cuda",
     )
     fused_optimizer: bool = option(
         True,
