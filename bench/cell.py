@@ -20,6 +20,7 @@ import sys
 import time
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def hf_lora(model_dir: str, steps: int, batch: int, seq: int) -> list[float]:
@@ -51,7 +52,7 @@ def hf_lora(model_dir: str, steps: int, batch: int, seq: int) -> list[float]:
 def main() -> None:
     out, kind, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
     record: dict = {"step_ends": [], "start": time.perf_counter()}
-    torch.optim.optimizer.register_optimizer_step_post_hook(
+    register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: record["step_ends"].append(time.perf_counter())
     )
 

@@ -47,6 +47,7 @@ STRICT_KEYS = (
     "kd_loss",
     "training.batch_size",
     "training.grad_accum",
+    "training.tokens_per_batch",
     "environment.seed",
     "environment.dtype",
 )
