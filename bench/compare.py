@@ -154,7 +154,7 @@ def tunegen_cells(work: Path, shape: Shape) -> list[Cell]:
 
 
 def torchtune_config(
-    method: str, dataset: dict, shape: Shape, seq: int, work: Path, **extra
+    method: str, dataset: dict, shape: Shape, seq: int, batch: int, work: Path, **extra
 ) -> dict:
     """A torchtune 0.6.1 single-device recipe config for the W1 shape in `work/model`."""
     arch = {
@@ -184,7 +184,7 @@ def torchtune_config(
                          "output_dir": "{run}", "model_type": "LLAMA3"},
         "resume_from_checkpoint": False,
         "save_adapter_weights_only": True,
-        "batch_size": W2_BATCH if seq == shape.w2_max else shape.w1_batch,
+        "batch_size": batch,
         "epochs": 1,
         "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-4, "fused": False},
         "lr_scheduler": {"_component_": "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
@@ -223,7 +223,8 @@ def torchtune_cells(work: Path, shape: Shape, reference: Path) -> list[Cell]:
             runs.append(("W2", f"packed {packed}", w2, shape.w2_max, {}))
         for workload, variant, dataset, seq, extra in runs:
             name = f"tt_{workload.lower()}_{method}_{variant.replace(' ', '_')}".rstrip("_")
-            config = torchtune_config(method, dataset, shape, seq, work, **extra)
+            batch = shape.w1_batch if workload == "W1" else W2_BATCH
+            config = torchtune_config(method, dataset, shape, seq, batch, work, **extra)
             (work / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             cells.append(
                 Cell(
@@ -308,32 +309,48 @@ def flops_per_token(shape: Shape, method: str, seq: int) -> float:
 
 
 def summarize(cells: list[Cell], peaks: list[float], shape: Shape, totals: dict) -> None:
+    """One Markdown table per workload (see the module docstring)."""
     for workload in ("W1", "W2"):
         chosen = [cell for cell in cells if cell.workload == workload]
+        if not chosen:
+            continue
         seq = shape.w1_seq if workload == "W1" else shape.w2_max
         print(f"\n### {workload}\n")
         print(
-            "| cell | tokens/s | loss-tokens/s | peak RSS MiB | loss | % matmul peak | vs torchtune (per round) |"
+            "| cell | tokens/s | loss-tokens/s | peak RSS MiB | loss | % matmul peak"
+            " | loss-tokens/s vs each peer cell: median (per round) |"
         )
         print("|---|---|---|---|---|---|---|")
         for cell in chosen:
             rates = [throughput(r, cell, totals[workload]) for r in cell.results]
             tok = [t for t, _ in rates]
-            loss_tok = [lt for _, lt in rates]
-            peak_pct = [100 * t * flops_per_token(shape, cell.method, seq) / 1e9 / p
-                        for t, p in zip(tok, peaks, strict=True)]  # fmt: skip
-            peer = next(
-                (c for c in chosen if c.peer == "torchtune" and c.method == cell.method), None
-            )
-            ratios = [lt / throughput(r, peer, totals[workload])[1]
-                      for lt, r in zip(loss_tok, peer.results, strict=True)] if peer else [1.0]  # fmt: skip
+            per_token = flops_per_token(shape, cell.method, seq) / 1e9
+            peak_pct = [100 * t * per_token / p for t, p in zip(tok, peaks, strict=True)]
             rss = statistics.median(r["peak_rss"] for r in cell.results) / 2**20
             loss = cell.results[-1]["loss"]
             print(
-                f"| {cell.name} | {statistics.median(tok):.0f} | {statistics.median(loss_tok):.0f}"
-                f" | {rss:.0f} | {loss:.4f} | {statistics.median(peak_pct):.0f}%"
-                f" | {statistics.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) |"
+                f"| {cell.name} | {statistics.median(tok):.0f}"
+                f" | {statistics.median(lt for _, lt in rates):.0f} | {rss:.0f}"
+                f" | {'-' if loss is None else f'{loss:.4f}'} | {statistics.median(peak_pct):.0f}%"
+                f" | {paired_ratios(cell, rates, chosen, totals[workload])} |"
             )
+
+
+def paired_ratios(cell: Cell, rates: list, chosen: list[Cell], totals: tuple[int, int]) -> str:
+    """A tunegen cell's loss-tokens/s over each peer cell's of the same method, round by round."""
+    if cell.peer != "tunegen":
+        return ""
+    texts = []
+    for peer in chosen:
+        if peer.peer == "tunegen" or peer.method != cell.method:
+            continue
+        ratios = [
+            mine[1] / throughput(theirs, peer, totals)[1]
+            for mine, theirs in zip(rates, peer.results, strict=True)
+        ]
+        per_round = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        texts.append(f"{peer.name}: {statistics.median(ratios):.2f} ({per_round})")
+    return "; ".join(texts)
 
 
 def throughput(record: dict, cell: Cell, totals: tuple[int, int]) -> tuple[float, float]:
