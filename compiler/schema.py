@@ -221,10 +221,10 @@ class TrainingSpec(_Section):
     clip_grad_norm: Number | None = option(
         1.0, "clip the gradient norm to this (null: no clipping)", gt=0
     )
-    dtype: Literal["fp32", "bf16", "auto"] = option(
+    dtype: Literal["fp32", "bf16"] = option(
         "fp32",
-        "parameter and compute dtype; auto: bf16 where the hardware has it (CUDA, or a CPU with "
-        "AVX512-BF16/AMX), else fp32, as CPUs without it run bf16 slower than fp32",
+        "parameter and compute dtype; bf16 only where the hardware has it (CUDA, or a CPU with "
+        "AVX512-BF16/AMX): CPUs without it run bf16 slower than fp32",
     )
     device: str = option(
         "auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"
