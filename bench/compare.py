@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -252,6 +253,7 @@ def torchtune_cells(work: Path, shape: Shape, reference: Path) -> list[Cell]:
 def run_cell(cell: Cell, work: Path, round_index: int) -> dict:
     run = work / "runs" / f"{cell.name.replace(' ', '_').replace('+', '_')}_{round_index}"
     out = run.with_suffix(".json")
+    shutil.rmtree(run, ignore_errors=True)  # a run dir with checkpoints would be resumed
     run.parent.mkdir(parents=True, exist_ok=True)
     config = cell.config
     if config is not None:  # torchtune: the config names the run dir
