@@ -132,6 +132,12 @@ class Plan:
     recipe_path: str
     config_path: str
     config_sections: tuple[Section, ...]
+    # The loss reads hidden states and projects them chunk by chunk (training.chunked_loss).
+    chunked_loss: bool = False
+    # Token-budget batches: a DataLoader item is a whole batch (training.tokens_per_batch).
+    token_budget: bool = False
+    # Each parameter steps inside backward() (training.optimizer_in_bwd).
+    optimizer_in_bwd: bool = False
 
 
 def recipe_for(objective: str, method: str, *, adapters: bool, dora: bool) -> tuple[str, str]:
@@ -182,13 +188,28 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
         recipe_path=_display_path(recipe_path),
         config_path=_display_path(config_path),
         config_sections=_config_sections(spec, parsed, config_path.parent),
+        chunked_loss=chunks_loss(spec),
+        token_budget=spec.training.tokens_per_batch is not None,
+        optimizer_in_bwd=spec.training.optimizer_in_bwd,
     )
+
+
+def chunks_loss(spec: Spec) -> bool:
+    """Whether the SFT loss is computed chunk by chunk from the hidden states: when the spec
+    asks, or by default (`auto`) when it trains on a CUDA device, where the full fp32 logits are
+    often the largest tensor of a step. `auto` leaves the recipes of `device: auto` and `cpu`
+    as they were (on CPU, torchtune's chunked loss measured 6-19% slower)."""
+    if spec.method in ("dpo", "kd"):  # their losses read the whole logits
+        return False
+    chunked = spec.training.chunked_loss
+    return spec.training.device.startswith("cuda") if chunked == "auto" else chunked
 
 
 def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
     """The recipe's feature parts. The order is the order of their code at a shared hook: the
     model is checkpointed before it moves to the device, quantized after, adapters go on last."""
     training, checkpoint = spec.training, spec.checkpoint
+    token_budget = training.tokens_per_batch is not None
     exports_full_model = checkpoint.export_hf and not adapters
     exports_adapter = checkpoint.export_hf and adapters
     exports_merged_model = exports_adapter and checkpoint.export_merged
@@ -196,13 +217,17 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
         "activation_checkpointing": training.activation_checkpointing,
         "quantization": spec.method == "qlora",
         "adapters": adapters,
+        "compile": training.compile,  # after the adapters: the blocks compile with them
         "full_weights": not adapters,
-        "samples": not (spec.data.packed or spec.data.bucket_by_length),
+        "samples": not (spec.data.packed or spec.data.bucket_by_length or token_budget),
         "length_buckets": spec.data.bucket_by_length,
         "packed": spec.data.packed,
+        "token_budget": token_budget,
         "reference_copy": objective == "dpo" and not adapters,
         "reference_adapters_off": objective == "dpo" and adapters,
         "clip_grad_norm": training.clip_grad_norm is not None,
+        "optimizer_step": not training.optimizer_in_bwd,
+        "optimizer_in_bwd": training.optimizer_in_bwd,
         "profiler": spec.profiler is not None,
         "nonfinite_skip": training.on_nonfinite_loss == "skip",
         "nonfinite_stop": training.on_nonfinite_loss != "skip",
@@ -267,7 +292,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
             _dataset_items(data, parsed, config_dir),
         ),
         *_val_dataset_sections(data, parsed, config_dir),
-        Section("dataloader", "how samples are batched", _dataloader_items(data)),
+        Section("dataloader", "how samples are batched", _dataloader_items(data, training)),
         Section(
             "optimizer",
             "updates the trainable parameters",
@@ -275,6 +300,7 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
                 _component("torch.optim.AdamW"),
                 Entry("lr", "${training.lr}", "set in training.lr"),
                 Entry("weight_decay", "${training.weight_decay}", "set in training.weight_decay"),
+                Entry("fused", training.fused_optimizer, "one fused kernel per parameter step"),
             ),
         ),
         Section(
@@ -431,7 +457,19 @@ def _checkpoint_model_items(path: str, data: DataSpec) -> tuple[Entry, ...]:
     )
 
 
+def _batch_size_entry(training: TrainingSpec) -> Entry:
+    if training.tokens_per_batch is not None:
+        return Entry("batch_size", 1, "one item is a whole batch of training.tokens_per_batch")
+    return Entry("batch_size", "${training.batch_size}", "set in training.batch_size")
+
+
 def _loss_section(spec: Spec) -> Section:
+    if chunks_loss(spec):
+        return Section(
+            "loss",
+            "next-token cross-entropy from the hidden states, a chunk of rows at a time, summed",
+            (_component("tunegen.runtime.losses.ChunkedCrossEntropyLoss"),),
+        )
     if spec.method != "dpo":
         return Section(
             "loss",
@@ -496,9 +534,9 @@ def _checkpointer_items(spec: Spec, output_dir: str) -> tuple[Entry, ...]:
     return (*items, Entry("keep_best", checkpoint.keep_best, "keep the lowest val_loss in best/"))
 
 
-def _dataloader_items(data: DataSpec) -> tuple[Entry, ...]:
+def _dataloader_items(data: DataSpec, training: TrainingSpec) -> tuple[Entry, ...]:
     items = (
-        Entry("batch_size", "${training.batch_size}", "set in training.batch_size"),
+        _batch_size_entry(training),
         Entry("shuffle", data.shuffle, doc_of(DataSpec, "shuffle")),
     )
     if data.val_split is None:
@@ -562,7 +600,7 @@ def _training_items(spec: Spec) -> tuple[Entry, ...]:
     items = [
         Entry("epochs", training.epochs, doc_of(TrainingSpec, "epochs")),
         Entry("max_steps", training.max_steps, doc_of(TrainingSpec, "max_steps")),
-        Entry("batch_size", training.batch_size, doc_of(TrainingSpec, "batch_size")),
+        _batch_items(training),
         Entry("grad_accum", training.grad_accum, doc_of(TrainingSpec, "grad_accum")),
         Entry("lr", training.lr, doc_of(TrainingSpec, "lr")),
         Entry("weight_decay", training.weight_decay, doc_of(TrainingSpec, "weight_decay")),
@@ -596,6 +634,13 @@ def _training_items(spec: Spec) -> tuple[Entry, ...]:
         Entry("resume", checkpoint.resume, doc_of(CheckpointSpec, "resume")),
     ]
     return tuple(items)
+
+
+def _batch_items(training: TrainingSpec) -> Entry:
+    if training.tokens_per_batch is not None:
+        doc = doc_of(TrainingSpec, "tokens_per_batch")
+        return Entry("tokens_per_batch", training.tokens_per_batch, doc)
+    return Entry("batch_size", training.batch_size, doc_of(TrainingSpec, "batch_size"))
 
 
 def _eval_items(

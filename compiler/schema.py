@@ -234,7 +234,11 @@ class TrainingSpec(_Section):
     clip_grad_norm: Number | None = option(
         1.0, "clip the gradient norm to this (null: no clipping)", gt=0
     )
-    dtype: Literal["fp32", "bf16"] = option("fp32", "parameter and compute dtype")
+    dtype: Literal["fp32", "bf16"] = option(
+        "fp32",
+        "parameter and compute dtype; bf16 only where the hardware has it (CUDA, or a CPU with "
+        "AVX512-BF16/AMX): CPUs without it run bf16 slower than fp32",
+    )
     device: str = option(
         "auto", "auto, cpu, cuda, cuda:N or mps", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$"
     )
@@ -257,6 +261,34 @@ class TrainingSpec(_Section):
         None,
         "validate on the first N batches of the validation data (null: all of it)",
         ge=1,
+    )
+    # Speed and memory (issue 18); each is measured in docs/benchmarks.md.
+    compile: bool = option(
+        False,
+        "compile each transformer block with torch.compile (regional: one compile serves every "
+        "layer); faster steps after a compile of seconds to minutes; on CPU it needs a C++ compiler",
+    )
+    chunked_loss: bool | Literal["auto"] = option(
+        "auto",
+        "compute the cross-entropy from the final hidden states a chunk of rows at a time, "
+        "skipping rows without a target: the batch's fp32 logits never exist at once (method "
+        "full, lora, dora, qlora); auto: when training.device is cuda",
+    )
+    fused_optimizer: bool = option(
+        True,
+        "AdamW's fused kernel (torch.optim.AdamW(fused=True)): one pass per parameter, measured "
+        "2.3x faster than the default on CPU; false: torch's default implementation",
+    )
+    optimizer_in_bwd: bool = option(
+        False,
+        "full fine-tuning: update each parameter as soon as its gradient is ready and free the "
+        "gradient (less memory); needs grad_accum 1 and clip_grad_norm null",
+    )
+    tokens_per_batch: int | None = option(
+        None,
+        "token-budget batches instead of batch_size samples: samples of similar length, as many "
+        "as fit N tokens once padded (at least data.max_seq_len; null: batch_size samples)",
+        ge=8,
     )
 
 
@@ -399,6 +431,8 @@ CONFIG_KEYS: dict[str, str] = {
     "logging.progress": "logging.progress",
     "environment.device": "training.device",
     "environment.dtype": "training.dtype",
+    "optimizer.fused": "training.fused_optimizer",
+    "training.tokens_per_batch": "training.tokens_per_batch",
     "environment.seed": "training.seed",
 }
 """Each generated-config key that holds a spec value, and the spec key it comes from.

@@ -132,6 +132,67 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     _check_validation(spec, problem)
     _check_files(spec, parsed, problem)
     _check_logging_backends(spec, problem)
+    _check_speed_features(spec, problem)
+
+
+def _check_speed_features(spec: Spec, problem: Any) -> None:
+    """training.compile, chunked_loss, optimizer_in_bwd and tokens_per_batch against the rest."""
+    training, data = spec.training, spec.data
+    if training.compile:
+        from tunegen.runtime.compiling import missing_compiler
+
+        device = "cpu" if training.device in ("auto", "cpu") else training.device.split(":")[0]
+        why = missing_compiler(device)
+        if why is not None:
+            problem("training.compile", f"{why}; install one or set training.compile: false")
+    if training.chunked_loss is True and spec.method in ("dpo", "kd"):
+        problem(
+            "training.chunked_loss",
+            f"method: {spec.method} reads the whole logits; set training.chunked_loss: auto",
+        )
+    if training.optimizer_in_bwd:
+        _check_optimizer_in_bwd(spec, problem)
+    budget = training.tokens_per_batch
+    if budget is None:
+        return
+    if spec.method == "dpo":
+        problem("training.tokens_per_batch", "method: dpo batches preference pairs; remove it")
+    elif data.packed or data.bucket_by_length:
+        which = "data.packed" if data.packed else "data.bucket_by_length"
+        problem("training.tokens_per_batch", f"batches by tokens itself; remove {which}")
+    elif budget < data.max_seq_len:
+        problem(
+            "training.tokens_per_batch",
+            f"{budget} is less than data.max_seq_len ({data.max_seq_len}): a sample of that "
+            "length would not fit a batch",
+        )
+
+
+def _check_optimizer_in_bwd(spec: Spec, problem: Any) -> None:
+    """Stepping inside backward() needs each step's whole, unclipped gradient in one pass."""
+    training = spec.training
+    if spec.method != "full":
+        problem("training.optimizer_in_bwd", f"only for method: full (this spec has {spec.method})")
+    conflicts = [
+        key
+        for key, clash in (
+            ("training.grad_accum", training.grad_accum > 1),
+            ("training.clip_grad_norm", training.clip_grad_norm is not None),
+        )
+        if clash
+    ]
+    if conflicts:
+        problem(
+            "training.optimizer_in_bwd",
+            f"cannot be used with {' or '.join(conflicts)} (each parameter steps as soon as its "
+            "gradient is ready); set training.grad_accum: 1 and training.clip_grad_norm: null",
+        )
+    if training.on_nonfinite_loss == "skip":
+        problem(
+            "training.optimizer_in_bwd",
+            "cannot skip a step that backward() already applied; set "
+            "training.on_nonfinite_loss: stop",
+        )
 
 
 def _check_validation(spec: Spec, problem: Any) -> None:

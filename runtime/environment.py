@@ -11,6 +11,7 @@ must never need to unpickle arbitrary objects.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,14 @@ try:  # numpy is optional: seed and capture it only when a data pipeline could b
 except ImportError:  # pragma: no cover - numpy ships with the test environment
     np = None
 
-__all__ = ["resolve_device", "resolve_dtype", "rng_state", "seed_everything", "set_rng_state"]
+__all__ = [
+    "has_native_bf16",
+    "resolve_device",
+    "resolve_dtype",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,6 +80,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     mistake). fp16 is refused on CPU: CPU kernels for it are slow or missing, and fp16 training
     needs loss scaling, which the runtime does not ship.
     """
+    if name == "auto":
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
     if name not in _DTYPES:
         raise ConfigError(f"environment.dtype: {name!r} is not one of {', '.join(_DTYPES)}")
     dtype = _DTYPES[name]
@@ -89,6 +99,25 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             " does not ship); use bf16 or fp32"
         )
     return dtype
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware: a CUDA GPU with native bf16, or a CPU with
+    AVX512-BF16 or AMX (read from /proc/cpuinfo's flags; False where that file is missing).
+
+    CPUs without them emulate bf16 matmuls through fp32 conversions, which measured slower than
+    plain fp32 (../shared/PERFORMANCE_NOTES.md), so `dtype: auto` keeps fp32 there.
+    """
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def seed_everything(seed: int) -> None:

@@ -47,6 +47,7 @@ STRICT_KEYS = (
     "kd_loss",
     "training.batch_size",
     "training.grad_accum",
+    "training.tokens_per_batch",
     "environment.seed",
     "environment.dtype",
 )
@@ -72,6 +73,9 @@ class RunLength:
     steps_per_epoch: int
     batch_size: int
     grad_accum: int
+    #: What one item of a batch is: "samples", "packed rows of 512 tokens", or (token-budget
+    #: batches, where a DataLoader item is a whole batch) "batches of up to 4096 tokens".
+    unit: str = "samples"
 
     @classmethod
     def from_config(
@@ -82,9 +86,10 @@ class RunLength:
         steps_per_epoch: int,
         batch_size: int,
         grad_accum: int,
+        unit: str = "samples",
     ) -> RunLength:
         total = epochs * steps_per_epoch if max_steps is None else max_steps
-        return cls(total, steps_per_epoch, batch_size, grad_accum)
+        return cls(total, steps_per_epoch, batch_size, grad_accum, unit)
 
     @property
     def epochs(self) -> float:
@@ -95,10 +100,10 @@ class RunLength:
         step)`."""
         epochs = f"{self.epochs:.3g}"
         unit = "epoch" if epochs == "1" else "epochs"
-        samples = self.batch_size * self.grad_accum
+        items = self.batch_size * self.grad_accum
         return (
             f"training {self.total_steps} steps ({epochs} {unit} of {self.steps_per_epoch} steps,"
-            f" batch {self.batch_size} x accumulation {self.grad_accum} = {samples} samples per"
+            f" batch {self.batch_size} x accumulation {self.grad_accum} = {items} {self.unit} per"
             " step)"
         )
 

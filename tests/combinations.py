@@ -88,6 +88,20 @@ GOLDEN_ONLY: dict[str, dict[str, Any]] = {
         "training": {"clip_grad_norm": None},
         "checkpoint": {"export_hf": False},
     },
+    # Speed features (issue 18), trained by tests/test_speed_features_end_to_end.py.
+    "full_optimizer_in_bwd_compile": {
+        "method": "full",
+        "training": {"optimizer_in_bwd": True, "clip_grad_norm": None, "compile": True},
+    },
+    "lora_token_budget_chunked_loss": {
+        "method": "lora",
+        "training": {"tokens_per_batch": 256, "chunked_loss": True, "grad_accum": 2},
+    },
+    "full_packed_chunked_loss": {
+        "method": "full",
+        "data": {**INSTRUCT, "packed": True},
+        "training": {"chunked_loss": True, "fused_optimizer": False},
+    },
 }
 
 

@@ -288,6 +288,51 @@ CASES: dict[str, Case] = {
         ["new", "-s", "spec.yaml"],
         "spec.yaml:4: data.bucket_by_length: packed rows hold no padding to save",
     ),
+    "spec_optimizer_in_bwd_with_clipping": Case(
+        "spec",
+        _spec_with("batch_size: 1}", "batch_size: 1, grad_accum: 2, optimizer_in_bwd: true}"),
+        ["new", "-s", "spec.yaml"],
+        "training.optimizer_in_bwd: cannot be used with training.grad_accum or "
+        "training.clip_grad_norm",
+    ),
+    "spec_optimizer_in_bwd_with_lora": Case(
+        "spec",
+        _spec_with(
+            "method: full\n",
+            "method: lora\n",
+            SPEC.replace(
+                "batch_size: 1}", "batch_size: 1, optimizer_in_bwd: true, clip_grad_norm: null}"
+            ),
+        ),
+        ["new", "-s", "spec.yaml"],
+        "training.optimizer_in_bwd: only for method: full (this spec has lora)",
+    ),
+    "spec_tokens_per_batch_below_max_seq_len": Case(
+        "spec",
+        _spec_with("batch_size: 1}", "tokens_per_batch: 32}"),
+        ["new", "-s", "spec.yaml"],
+        "training.tokens_per_batch: 32 is less than data.max_seq_len (64)",
+    ),
+    "spec_tokens_per_batch_and_packed": Case(
+        "spec",
+        _spec_with(
+            "max_seq_len: 64}\ntraining: {max_steps: 1, batch_size: 1}",
+            "max_seq_len: 64, packed: true}\ntraining: {max_steps: 1, tokens_per_batch: 128}",
+        ),
+        ["new", "-s", "spec.yaml"],
+        "training.tokens_per_batch: batches by tokens itself; remove data.packed",
+    ),
+    "spec_chunked_loss_with_dpo": Case(
+        "spec",
+        {
+            "spec.yaml": SPEC.replace("method: full", "method: dpo")
+            .replace("max_seq_len: 64", "format: preference")
+            .replace("batch_size: 1}", "batch_size: 1, chunked_loss: true}"),
+            "train.jsonl": '{"prompt": "x", "chosen": "y", "rejected": "z"}\n',
+        },
+        ["new", "-s", "spec.yaml"],
+        "training.chunked_loss: method: dpo reads the whole logits",
+    ),
     "spec_kd_without_teacher": Case(
         "spec",
         _spec_with("method: full", "method: kd"),

@@ -176,12 +176,26 @@ def check_config_file(path: Path, overrides: Sequence[str], *, recipe: Path | No
     problems = check_config(cfg, recipe_source=source, recipe_name=recipe.name)
     if problems:
         raise ConfigError(format_problems(problems, source=str(path)))
+    if source is not None and "compile_blocks(" in source:
+        _check_compiler(recipe, cfg.environment.device)
     unread_note = (
         ""
         if source is not None
         else " (no recipe found: unread keys and arguments the recipe passes not checked)"
     )
     return f"ok: {path}{unread_note}; {check_data(cfg)}"
+
+
+def _check_compiler(recipe: Path, device: str) -> None:
+    """A recipe compiled with training.compile needs a C++ compiler to compile for the CPU."""
+    from tunegen.runtime.compiling import missing_compiler
+    from tunegen.runtime.environment import resolve_device
+
+    why = missing_compiler(resolve_device(device).type)
+    if why is not None:
+        raise ConfigError(
+            f"{recipe}: {why}; install one, or compile the spec with training.compile: false"
+        )
 
 
 def check_data(cfg: DictConfig) -> str:

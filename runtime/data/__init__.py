@@ -16,7 +16,12 @@ from tunegen.runtime.data.chat_templates import (
     chat_segments,
     generation_prompt,
 )
-from tunegen.runtime.data.collate import IGNORE_INDEX, packed_collate, padded_collate
+from tunegen.runtime.data.collate import (
+    IGNORE_INDEX,
+    grouped_padded_collate,
+    packed_collate,
+    padded_collate,
+)
 from tunegen.runtime.data.instruct import InstructDataset, read_instruct_examples
 from tunegen.runtime.data.jsonl import (
     NumberedRecord,
@@ -26,7 +31,11 @@ from tunegen.runtime.data.jsonl import (
 )
 from tunegen.runtime.data.packing import PackedDataset, PackSampler, best_fit_decreasing
 from tunegen.runtime.data.preference import PreferenceDataset, preference_collate
-from tunegen.runtime.data.sampler import LengthBucketSampler, ResumableSampler
+from tunegen.runtime.data.sampler import (
+    LengthBucketSampler,
+    ResumableSampler,
+    TokenBudgetSampler,
+)
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
 from tunegen.runtime.data.text import TextDataset
 
@@ -49,10 +58,12 @@ __all__ = [
     "ResumableSampler",
     "Segment",
     "TextDataset",
+    "TokenBudgetSampler",
     "best_fit_decreasing",
     "chat_prompt_tokens",
     "chat_segments",
     "generation_prompt",
+    "grouped_padded_collate",
     "packed_collate",
     "padded_collate",
     "preference_collate",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "packed_collate", "padded_collate"]
+__all__ = ["IGNORE_INDEX", "grouped_padded_collate", "packed_collate", "padded_collate"]
 
 # Label value that `torch.nn.functional.cross_entropy` skips (its default `ignore_index`).
 IGNORE_INDEX = -100
@@ -30,6 +30,18 @@ def padded_collate(
         tokens[row, :n] = torch.tensor(example["tokens"], dtype=torch.long)
         labels[row, :n] = torch.tensor(example["labels"], dtype=torch.long)
     return {"tokens": tokens, "labels": labels}
+
+
+def grouped_padded_collate(
+    batch: Sequence[Sequence[dict[str, list[int]]]],
+    *,
+    pad_id: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
+    """`padded_collate` of every sample of every group: the collate function of token-budget
+    batches (`TokenBudgetSampler`), where one DataLoader item is a whole batch of samples."""
+    samples = [example for group in batch for example in group]
+    return padded_collate(samples, pad_id=pad_id, ignore_index=ignore_index)
 
 
 def packed_collate(

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["LengthBucketSampler", "ResumableSampler", "epoch_generator"]
+__all__ = ["LengthBucketSampler", "ResumableSampler", "TokenBudgetSampler", "epoch_generator"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -101,3 +101,76 @@ class LengthBucketSampler(ResumableSampler):
             shuffled = torch.randperm(len(batches), generator=generator).tolist()
             batches = [batches[i] for i in shuffled]
         return [index for batch in batches for index in batch] + tail
+
+
+def token_budget_batches(
+    lengths: list[int], order: list[int], tokens_per_batch: int
+) -> list[list[int]]:
+    """Cut `order` (dataset indices), sorted longest first (ties keep `order`), into batches
+    whose padded size, longest length x count, stays within `tokens_per_batch`.
+
+    The batch boundaries depend only on the sorted lengths, so every order gives the same
+    number of batches; a sample longer than the budget makes a batch of its own.
+    """
+    ranked = sorted(order, key=lambda index: -lengths[index])  # stable: ties keep `order`
+    batches: list[list[int]] = []
+    for index in ranked:
+        batch = batches[-1] if batches else None
+        # Sorted longest first: the batch's first sample is its longest.
+        if batch and lengths[batch[0]] * (len(batch) + 1) <= tokens_per_batch:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+class TokenBudgetSampler(torch.utils.data.Sampler[tuple[int, ...]]):
+    """Yield batches (tuples of dataset indices) of similar-length samples, each padded to at
+    most `tokens_per_batch` tokens: many short samples or a few long ones per batch.
+
+    Each epoch the samples are shuffled (which decides which equal-length samples share a
+    batch), sorted by length and cut by `token_budget_batches`, and the batches shuffled, all
+    with a generator seeded from (seed, epoch) alone; the number of batches is the same every
+    epoch. Like `PackSampler`, it is the DataLoader's sampler with batch_size 1 over a
+    `PackedDataset` (an item is a list of samples); to resume after `k` batches of an epoch,
+    call `set_epoch(epoch, skip=k)`.
+    """
+
+    def __init__(
+        self, lengths: list[int], tokens_per_batch: int, *, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        if tokens_per_batch < 1:
+            raise ValueError(f"tokens_per_batch must be at least 1, got {tokens_per_batch}")
+        self.lengths = list(lengths)
+        self.tokens_per_batch = tokens_per_batch
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+        order = list(range(len(self.lengths)))
+        self.num_batches = len(token_budget_batches(self.lengths, order, tokens_per_batch))
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        """Select the epoch's batches and drop the first `skip` of them."""
+        if not 0 <= skip <= self.num_batches:
+            raise ValueError(f"skip must be between 0 and {self.num_batches}, got {skip}")
+        self.epoch = epoch
+        self.skip = skip
+
+    def batches(self) -> list[tuple[int, ...]]:
+        """All batches of the current epoch, in order, before `skip` is applied."""
+        order = list(range(len(self.lengths)))
+        if not self.shuffle:
+            cut = token_budget_batches(self.lengths, order, self.tokens_per_batch)
+            return [tuple(batch) for batch in cut]
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        cut = token_budget_batches(self.lengths, order, self.tokens_per_batch)
+        shuffled = torch.randperm(len(cut), generator=generator).tolist()
+        return [tuple(cut[i]) for i in shuffled]
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return iter(self.batches()[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_batches - self.skip

@@ -507,6 +507,17 @@ class Transformer(nn.Module):
             return F.linear(x, self.model.embed_tokens.weight)  # (B, T, V)
         return self.lm_head(x)  # (B, T, V)
 
+    def hidden_states(self, tokens: Tensor, **documents: Tensor) -> Tensor:
+        """The final hidden states (B, T, D), before the output projection: what a loss that
+        projects chunk by chunk (`runtime.losses.ChunkedCrossEntropyLoss`) takes, with
+        `output_weight`. `documents` are forward's `position_ids` / `document_ids`."""
+        return self.model(tokens, documents.get("position_ids"), documents.get("document_ids"))
+
+    @property
+    def output_weight(self) -> Tensor:
+        """The output projection's weight (V, D): `lm_head`'s, or the tied embeddings'."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
 
 def llama(
     *,

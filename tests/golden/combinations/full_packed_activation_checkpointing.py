@@ -127,6 +127,7 @@ class FullFinetuneRecipe:
             steps_per_epoch=self.steps_per_epoch,
             batch_size=self.cfg.dataloader.batch_size,
             grad_accum=training.grad_accum,
+            unit=f"packed rows of {self.cfg.dataset.max_seq_len} tokens",
         )
         self.total_steps = run_length.total_steps
         self.metric_logger.log_text(run_length.summary())

@@ -152,6 +152,7 @@ class FullKDRecipe:
             steps_per_epoch=self.steps_per_epoch,
             batch_size=self.cfg.dataloader.batch_size,
             grad_accum=training.grad_accum,
+            unit=f"packed rows of {self.cfg.dataset.max_seq_len} tokens",
         )
         self.total_steps = run_length.total_steps
         self.metric_logger.log_text(run_length.summary())
