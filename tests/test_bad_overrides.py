@@ -45,6 +45,9 @@ SPECS = {
         "data: {path: data/demo_preference.jsonl, format: preference, val_split: 0.1}\n"
     ),
     "distil": ("name: distil\nmethod: kd\nmodel: ckpt\n" + DATA + "kd: {teacher: ckpt}\n"),
+    "budget": (
+        "name: budget\nmethod: full\nmodel: tiny\n" + DATA + "training: {tokens_per_batch: 128}\n"
+    ),
 }
 
 

