@@ -221,7 +221,7 @@ def _check_reward(entry: Any, key_path: str, parsed: ParsedSpec, problem: Any) -
         problem(where, str(exc))
         return
     try:
-        load_reward_function(resolve_spec_path(parsed, path), function)
+        load_reward_function(resolve_spec_path(parsed, path), function, shown_as=path)
     except RewardError as exc:
         problem(where, str(exc))
 

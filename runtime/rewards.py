@@ -68,16 +68,20 @@ def parse_reward_ref(ref: str) -> tuple[str, str]:
     return path, function
 
 
-def load_reward_function(path: str | Path, function: str) -> Callable[..., Sequence[float]]:
+def load_reward_function(
+    path: str | Path, function: str, *, shown_as: str | None = None
+) -> Callable[..., Sequence[float]]:
     """Import `function` from the Python file `path` and check that it can be called as a reward.
 
     The file's folder is on `sys.path` while it is imported, so it may import its neighbours.
+    Messages name the file as `shown_as` (as the user wrote it), by default as `path`.
     """
     path = Path(path)
-    where = f"{path.as_posix()}:{function}"
+    shown = shown_as or path.as_posix()
+    where = f"{shown}:{function}"
     if not path.is_file():
-        raise RewardError(f"reward file {path.as_posix()!r} not found (looked in {path.parent})")
-    module = _import_file(path)
+        raise RewardError(f"reward file {shown!r} not found (looked in {path.parent})")
+    module = _import_file(path, shown)
     found = getattr(module, function, None)
     if found is None:
         names = [n for n, v in vars(module).items() if inspect.isfunction(v) and n[0] != "_"]
@@ -91,12 +95,12 @@ def load_reward_function(path: str | Path, function: str) -> Callable[..., Seque
     return found
 
 
-def _import_file(path: Path) -> Any:
+def _import_file(path: Path, shown: str) -> Any:
     """The module that `path` defines, imported under a private name; any failure is one line."""
     name = f"_tunegen_reward_{abs(hash(os.path.abspath(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise RewardError(f"reward file {path.as_posix()!r} cannot be imported")
+        raise RewardError(f"reward file {shown!r} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     folder = str(path.parent.resolve())
     sys.path.insert(0, folder)
@@ -104,7 +108,7 @@ def _import_file(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's module: any error while importing it is theirs
         raise RewardError(
-            f"reward file {path.as_posix()!r} failed to import: {type(exc).__name__}: "
+            f"reward file {shown!r} failed to import: {type(exc).__name__}: "
             f"{one_line(exc)}"
         ) from exc
     finally:

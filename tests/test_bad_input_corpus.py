@@ -180,6 +180,28 @@ def _left_conflicts(workdir: Path) -> None:
     assert _call(["update", "generated/bad.py"]) == 1
 
 
+GRPO_SPEC = """\
+name: bad
+method: grpo
+model: tiny
+data: {path: prompts.jsonl, format: prompts, template: plain, max_seq_len: 64}
+grpo: {group_size: 2, max_new_tokens: 2, log_completions_every_n_steps: null}
+reward: [rewards.py:score]
+training: {max_steps: 1, batch_size: 1}
+"""
+PROMPTS = '{"prompt": "Say hi.", "answer": "hi"}\n'
+
+
+def _grpo(reward_body: str, spec: str = GRPO_SPEC) -> dict[str, str]:
+    """A GRPO spec whose reward file defines `score` with `reward_body` as its body."""
+    rewards = f"import math\n\ndef score(prompts, completions, **fields):\n    {reward_body}\n"
+    return {"spec.yaml": spec, "prompts.jsonl": PROMPTS, "rewards.py": rewards}
+
+
+def _grpo_recipe(workdir: Path) -> None:
+    _call(["new", "--spec", "spec.yaml"])
+
+
 CASES: dict[str, Case] = {
     # -- specs ------------------------------------------------------------------------------------
     "spec_bad_yaml": Case(
@@ -782,6 +804,42 @@ CASES: dict[str, Case] = {
         {"runs/a/metrics.jsonl": '{"event": "resume", "step": 3}\n'},
         ["plot", "runs/a"],
         "runs/a/metrics.jsonl: no step records yet",
+    ),
+    # -- grpo: reward functions ---------------------------------------------------------------
+    "spec_grpo_reward_file_missing": Case(
+        "spec",
+        _grpo("return [1.0] * len(completions)", GRPO_SPEC.replace("rewards.py:", "nope.py:")),
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:6: reward[0]: reward file 'nope.py' not found",
+    ),
+    "spec_grpo_reward_wrong_signature": Case(
+        "spec",
+        {
+            **_grpo("return []"),
+            "rewards.py": "def score(completions):\n    return [1.0] * len(completions)\n",
+        },
+        ["new", "-s", "spec.yaml"],
+        "reward[0]: rewards.py:score: expected a function f(prompts, completions, **fields)",
+    ),
+    "spec_grpo_without_reward": Case(
+        "spec",
+        _grpo("return []", GRPO_SPEC.replace("reward: [rewards.py:score]\n", "")),
+        ["new", "-s", "spec.yaml"],
+        "method: grpo needs reward:",
+    ),
+    "grpo_reward_wrong_length": Case(
+        "config",
+        _grpo("return [1.0]"),
+        ["run", "generated/bad.py"],
+        "step 1: reward rewards.py:score returned 1 scores for 2 completions",
+        setup=_grpo_recipe,
+    ),
+    "grpo_reward_nan": Case(
+        "config",
+        _grpo("return [math.nan] * len(completions)"),
+        ["run", "generated/bad.py"],
+        "step 1: reward rewards.py:score returned nan for completion 0",
+        setup=_grpo_recipe,
     ),
     "spec_unknown_logging_backend": Case(
         "spec",
