@@ -220,7 +220,7 @@ class GrpoSpec(_Section):
     beta: Number = option(
         0.0, "weight of the KL to the reference model (0: no KL term and no reference)", ge=0
     )
-    epsilon: Number = option(0.2, "clip range of the policy ratio: [1 - epsilon, 1 + epsilon]", gt=0, lt=1)
+    epsilon: Number = option(0.2, "clip range of the policy ratio: [1 - epsilon, 1 + epsilon]", gt=0, le=1)
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = option(
         "grpo",
         "grpo: per-completion token mean, then batch mean; dapo: token mean over the batch; "

@@ -42,6 +42,11 @@ SPECS = {
         "data: {path: data/demo_preference.jsonl, format: preference}\n"
     ),
     "distil": ("name: distil\nmethod: kd\nmodel: ckpt\n" + DATA + "kd: {teacher: ckpt}\n"),
+    "rl": (
+        "name: rl\nmethod: grpo\nmodel: tiny\n"
+        "data: {path: data/grpo_prompts.jsonl, format: prompts}\n"
+        f"reward: ['{(REPO / 'specs' / 'grpo_rewards.py').as_posix()}:exact_match']\n"
+    ),
 }
 
 
@@ -168,6 +173,13 @@ def test_every_config_key_is_covered(compiled: dict[str, str]) -> None:
         "optimizer.lr",
         "optimizer.weight_decay",
         "lr_scheduler.warmup_steps",
+        # grpo: the loss and the prompt data read the grpo section's values
+        "loss.variant",
+        "loss.epsilon",
+        "loss.kl_beta",
+        "loss.max_new_tokens",
+        "loss.mask_truncated",
+        "dataset.max_new_tokens",
     } == INTERPOLATED
     assert len(CASES) >= 80
 
