@@ -496,7 +496,11 @@ def _grpo_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> list[Sec
             "reward functions, imported from their files; the reward is their weighted sum",
             (
                 _component("tunegen.runtime.rewards.RewardFunctions"),
-                Section("functions", "name (as metrics show it) -> file, function, weight", tuple(functions)),
+                Section(
+                    "functions",
+                    "name (as metrics show it) -> file, function, weight",
+                    tuple(functions),
+                ),
             ),
         ),
         Section(
@@ -585,7 +589,9 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec, config_dir: Path) -> tupl
     if data.format != "text":
         items.append(Entry("template", data.template, doc_of(DataSpec, "template")))
     if data.format == "prompts":
-        items.append(Entry("max_new_tokens", "${grpo.max_new_tokens}", "set in grpo.max_new_tokens"))
+        items.append(
+            Entry("max_new_tokens", "${grpo.max_new_tokens}", "set in grpo.max_new_tokens")
+        )
     if data.format in ("instruct", "chat"):
         items.append(
             Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input"))

@@ -215,19 +215,27 @@ class GrpoSpec(_Section):
         1.0, "sampling temperature (the loss scores the same tempered distribution)", gt=0, le=10
     )
     top_p: Number = option(
-        1.0, "nucleus sampling: sample from the smallest token set holding this probability", gt=0, le=1
+        1.0,
+        "nucleus sampling: sample from the smallest token set holding this probability",
+        gt=0,
+        le=1,
     )
     beta: Number = option(
         0.0, "weight of the KL to the reference model (0: no KL term and no reference)", ge=0
     )
-    epsilon: Number = option(0.2, "clip range of the policy ratio: [1 - epsilon, 1 + epsilon]", gt=0, le=1)
+    epsilon: Number = option(
+        0.2, "clip range of the policy ratio: [1 - epsilon, 1 + epsilon]", gt=0, le=1
+    )
     loss_type: Literal["grpo", "dapo", "dr_grpo"] = option(
         "grpo",
         "grpo: per-completion token mean, then batch mean; dapo: token mean over the batch; "
         "dr_grpo: token sum / (completions x max_new_tokens), advantages not divided by the std",
     )
     num_iterations: int = option(
-        1, "policy updates on each batch of completions (the ratio's old policy is the sampler)", ge=1, le=64
+        1,
+        "policy updates on each batch of completions (the ratio's old policy is the sampler)",
+        ge=1,
+        le=64,
     )
     mask_truncated: bool = option(
         False, "completions cut off at max_new_tokens carry no loss (DAPO's overlong filtering)"

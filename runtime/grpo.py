@@ -315,7 +315,9 @@ def completion_samples(
     """A few `prompt -> completion (reward r)` lines for the log: the first `count` completions
     (one group's, so they share a prompt). Long prompts show only their end."""
     lines = []
-    for prompt, completion, reward in zip(prompts[:count], completions[:count], rewards.tolist()):
+    for prompt, completion, reward in zip(
+        prompts[:count], completions[:count], rewards[:count].tolist(), strict=True
+    ):
         text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
         text = text if len(text) <= 60 else "..." + text[-57:]
         lines.append(f"{text!r} -> {completion!r} (reward {reward:.3g})")

@@ -108,8 +108,7 @@ def _import_file(path: Path, shown: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's module: any error while importing it is theirs
         raise RewardError(
-            f"reward file {shown!r} failed to import: {type(exc).__name__}: "
-            f"{one_line(exc)}"
+            f"reward file {shown!r} failed to import: {type(exc).__name__}: {one_line(exc)}"
         ) from exc
     finally:
         sys.path.remove(folder)
@@ -213,7 +212,9 @@ class RewardFunctions:
         if isinstance(scores, torch.Tensor):
             scores = scores.tolist()
         if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)):
-            raise RewardError(f"{where} returned {type(scores).__name__}, expected a list of numbers")
+            raise RewardError(
+                f"{where} returned {type(scores).__name__}, expected a list of numbers"
+            )
         if len(scores) != len(completions):
             raise RewardError(
                 f"{where} returned {len(scores)} scores for {len(completions)} completions"

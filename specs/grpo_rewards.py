@@ -23,7 +23,7 @@ def word_overlap(
     scores = []
     for completion, expected in zip(completions, answer, strict=True):
         got, want = completion.split(), expected.split()
-        same = sum(g == w for g, w in zip(got, want))
+        same = sum(g == w for g, w in zip(got, want, strict=False))
         extra = max(len(got) - len(want), 0)
         scores.append(max(same - extra, 0) / max(len(want), 1))
     return scores

@@ -74,8 +74,14 @@ GOLDEN_ONLY: dict[str, dict[str, Any]] = {
     "grpo_lora_dapo_iterations": {
         "method": "grpo",
         "data": {"path": "data/grpo_prompts.jsonl", "format": "prompts", "max_seq_len": 128},
-        "grpo": {"group_size": 4, "max_new_tokens": 8, "beta": 0.04, "loss_type": "dapo",
-                 "num_iterations": 2, "use_lora": True},
+        "grpo": {
+            "group_size": 4,
+            "max_new_tokens": 8,
+            "beta": 0.04,
+            "loss_type": "dapo",
+            "num_iterations": 2,
+            "use_lora": True,
+        },
         "reward": ["specs/grpo_rewards.py:exact_match"],
     },
     "grpo_full_no_kl_skip_nonfinite": {

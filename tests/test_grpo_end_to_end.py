@@ -72,7 +72,11 @@ def _compile(project: Path, spec: dict) -> Path:
 def _run(project: Path, recipe: Path, *overrides: str) -> list[dict]:
     result = tunegen_in_process("run", str(recipe.relative_to(project)), *overrides, cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [row for row in read_metrics(project / "runs" / recipe.stem / "metrics.jsonl") if "loss" in row]
+    return [
+        row
+        for row in read_metrics(project / "runs" / recipe.stem / "metrics.jsonl")
+        if "loss" in row
+    ]
 
 
 def heldout_reward(model_dir: Path, rewards_file: Path, *, prompts: int = 64) -> float:
@@ -124,7 +128,9 @@ def test_reward_rises_after_a_short_sft(project: Path) -> None:
     before = heldout_reward(start, project / "rewards.py")
     after = heldout_reward(project / "runs" / "grpo" / "hf_model", project / "rewards.py")
     first, last = rows[0]["reward"], sum(r["reward"] for r in rows[-5:]) / 5
-    print(f"\nheld-out one-word reward: {before:.3f} -> {after:.3f}; train reward {first:.3f} -> {last:.3f}")
+    print(
+        f"\nheld-out one-word reward: {before:.3f} -> {after:.3f}; train reward {first:.3f} -> {last:.3f}"
+    )
     assert after > before + 0.1
 
 
@@ -134,8 +140,14 @@ def test_kl_is_zero_at_step_one_and_a_killed_run_resumes_exactly(project: Path) 
     assert whole[0]["kl"] == 0.0  # step 1 samples from and scores with the initial policy
     assert whole[-1]["kl"] > 0.0
     # The same run, SIGKILLed once its step-2 checkpoint is complete, then resumed.
-    recipe = _compile(project, {**spec, "name": "killed", "checkpoint": {
-        "output_dir": "runs/killed", "save_every_n_steps": 2}})
+    recipe = _compile(
+        project,
+        {
+            **spec,
+            "name": "killed",
+            "checkpoint": {"output_dir": "runs/killed", "save_every_n_steps": 2},
+        },
+    )
     run_dir = project / "runs" / "killed"
     process = subprocess.Popen(
         [sys.executable, "generated/killed.py", "--config", "generated/killed.yaml"],

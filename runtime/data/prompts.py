@@ -87,7 +87,9 @@ class PromptDataset(TruncatedRecords):
     def _encode(self, prompt: Prompt, input: Any) -> list[int]:
         """Token ids that ask the model for the completion of `prompt`."""
         if isinstance(prompt, str) and self.template in PROMPT_TEMPLATES:
-            text = PROMPT_TEMPLATES[self.template].prompt(prompt, input if isinstance(input, str) else "")
+            text = PROMPT_TEMPLATES[self.template].prompt(
+                prompt, input if isinstance(input, str) else ""
+            )
             return self.tokenizer.encode(text, add_bos=True, add_eos=False)
         if self.template not in CHAT_TEMPLATE_NAMES:
             raise DataError(
@@ -145,7 +147,9 @@ def _prompt(record: Mapping[str, Any], name: str, line: int) -> Prompt:
     found = [key for key in _PROMPT_KEYS if key in record]
     if len(found) != 1:
         which = "both" if found else "neither"
-        raise _at(name, line, f"a prompt record needs a 'prompt' or a 'messages' field, found {which}")
+        raise _at(
+            name, line, f"a prompt record needs a 'prompt' or a 'messages' field, found {which}"
+        )
     value = record[found[0]]
     if found[0] == "prompt":
         if not isinstance(value, str):

@@ -81,9 +81,9 @@ def _rollout(old: bool = True) -> Rollout:
 def _token_losses() -> list[list[float]]:
     """Per-token loss of the fixed batch, written out in plain Python."""
     losses = []
-    for logp_row, old_row, ref_row, adv in zip(LOGPS, OLD, REF, ADV):
+    for logp_row, old_row, ref_row, adv in zip(LOGPS, OLD, REF, ADV, strict=True):
         row = []
-        for logp, old, ref in zip(logp_row, old_row, ref_row):
+        for logp, old, ref in zip(logp_row, old_row, ref_row, strict=True):
             ratio = math.exp(logp - old)
             clipped = min(max(ratio, 1 - EPS), 1 + EPS)
             kl = math.exp(ref - logp) - (ref - logp) - 1
@@ -94,9 +94,12 @@ def _token_losses() -> list[list[float]]:
 
 def _hand_loss(variant: str) -> float:
     losses = _token_losses()
-    masked = [[loss * m for loss, m in zip(row, mask)] for row, mask in zip(losses, MASK)]
+    masked = [
+        [loss * m for loss, m in zip(row, mask, strict=True)]
+        for row, mask in zip(losses, MASK, strict=True)
+    ]
     if variant == "grpo":
-        return sum(sum(row) / sum(mask) for row, mask in zip(masked, MASK)) / 2
+        return sum(sum(row) / sum(mask) for row, mask in zip(masked, MASK, strict=True)) / 2
     if variant == "dapo":
         return sum(map(sum, masked)) / sum(map(sum, MASK))
     return sum(map(sum, masked)) / (2 * MAX_NEW)
@@ -115,8 +118,8 @@ def test_each_loss_type_equals_the_hand_computation(variant: str) -> None:
     assert output.clipped == 2
     kl = [
         math.exp(r - lp) - (r - lp) - 1
-        for lr, rr, mr in zip(LOGPS, REF, MASK)
-        for lp, r, m in zip(lr, rr, mr)
+        for lr, rr, mr in zip(LOGPS, REF, MASK, strict=True)
+        for lp, r, m in zip(lr, rr, mr, strict=True)
         if m
     ]
     assert output.kl_sum == pytest.approx(sum(kl), rel=1e-6)
@@ -171,7 +174,7 @@ def test_no_reference_with_beta_is_a_config_error() -> None:
     from tunegen.runtime.errors import ConfigError
 
     rollout = _rollout()._replace(reference_logps=None)
-    with pytest.raises(ConfigError, match="grpo.beta"):
+    with pytest.raises(ConfigError, match=r"grpo\.beta"):
         GRPOLoss(kl_beta=0.1, max_new_tokens=MAX_NEW)(torch.tensor(LOGPS), rollout)
 
 

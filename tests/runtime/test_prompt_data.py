@@ -49,11 +49,13 @@ def test_plain_prompts_are_tokenized_as_instruct_prompts(tokenizer, tmp_path: Pa
     assert batch["prompt_ids"][0] == expected
 
 
-def test_chat_prompts_end_with_the_generation_prompt(dirs, tmp_path: Path) -> None:
-    chatml = HFTokenizer(dirs["chatml"])
+def test_chat_prompts_end_with_the_generation_prompt(request, tmp_path: Path) -> None:
+    chatml = HFTokenizer(request.getfixturevalue("dirs")["chatml"])
     messages = [{"role": "user", "content": "Say hi."}]
     source = _write(tmp_path, [{"messages": messages, "answer": "hi"}, {"prompt": "Say yo."}])
-    data = PromptDataset(chatml, source=source, template="chatml", max_seq_len=128, max_new_tokens=8)
+    data = PromptDataset(
+        chatml, source=source, template="chatml", max_seq_len=128, max_new_tokens=8
+    )
     assert data[0]["prompt_ids"] == chat_prompt_tokens(chatml, messages, template="chatml")
     text = chatml.decode(data[0]["prompt_ids"], skip_special_tokens=False)
     assert text.endswith("<|im_start|>assistant\n"), text
@@ -83,5 +85,7 @@ def test_bad_records_are_listed(tokenizer, tmp_path: Path) -> None:
     with pytest.raises(DataError) as error:
         PromptDataset(tokenizer, source=source, max_seq_len=64, max_new_tokens=8)
     lines = str(error.value).splitlines()
-    assert lines[0].endswith("prompts.jsonl:1: a prompt record needs a 'prompt' or a 'messages' field, found neither")
+    assert lines[0].endswith(
+        "prompts.jsonl:1: a prompt record needs a 'prompt' or a 'messages' field, found neither"
+    )
     assert lines[1].endswith("prompts.jsonl:2: field 'prompt' must be a string, got number")

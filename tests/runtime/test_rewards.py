@@ -15,11 +15,11 @@ from tunegen.runtime.rewards import (
     parse_reward_ref,
 )
 
-REWARDS = '''
+REWARDS = """
 import math
 
 def exact(prompts, completions, answer, **fields):
-    return [float(c == a) for c, a in zip(completions, answer)]
+    return [float(c == a) for c, a in zip(completions, answer, strict=True)]
 
 def length(prompts, completions, **fields):
     return [len(c) for c in completions]
@@ -43,7 +43,7 @@ def no_kwargs(prompts, completions):
     return []
 
 NOT_A_FUNCTION = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -56,7 +56,10 @@ def reward_file(tmp_path: Path) -> Path:
 def _functions(path: Path, *names: str, weights: tuple[float, ...] = ()) -> RewardFunctions:
     weights = weights or (1.0,) * len(names)
     return RewardFunctions(
-        {n: {"path": str(path), "function": n, "weight": w} for n, w in zip(names, weights)}
+        {
+            n: {"path": str(path), "function": n, "weight": w}
+            for n, w in zip(names, weights, strict=True)
+        }
     )
 
 
@@ -66,7 +69,9 @@ def test_weighted_sum_and_metrics(reward_file: Path) -> None:
     assert total.tolist() == [1.0 + 0.5 * 2, 0.5 * 1, 0.5 * 2]
     assert metrics["rewards/exact/mean"] == pytest.approx(1 / 3)
     assert metrics["rewards/length/mean"] == pytest.approx(5 / 3)
-    assert metrics["rewards/length/std"] == pytest.approx(torch.tensor([2.0, 1, 2]).std(unbiased=False).item())
+    assert metrics["rewards/length/std"] == pytest.approx(
+        torch.tensor([2.0, 1, 2]).std(unbiased=False).item()
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,7 +79,10 @@ def test_weighted_sum_and_metrics(reward_file: Path) -> None:
     [
         ("short", "step 7: reward my_rewards.py:short returned 1 scores for 2 completions"),
         ("nan", "step 7: reward my_rewards.py:nan returned nan for completion 1 ('b')"),
-        ("text", "step 7: reward my_rewards.py:text returned '1' for completion 0, expected a number"),
+        (
+            "text",
+            "step 7: reward my_rewards.py:text returned '1' for completion 0, expected a number",
+        ),
         ("raises", "step 7: reward my_rewards.py:raises raised KeyError: 'answer'"),
     ],
 )
@@ -85,7 +93,7 @@ def test_bad_scores_name_the_function_and_step(reward_file: Path, name: str, exp
 
 
 def test_loading_errors(reward_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(RewardError, match="reward file .*nope.py' not found"):
+    with pytest.raises(RewardError, match=r"reward file .*nope\.py' not found"):
         load_reward_function(tmp_path / "nope.py", "exact")
     with pytest.raises(RewardError, match=r"no function 'exakt' in the file \(functions: exact,"):
         load_reward_function(reward_file, "exakt")
@@ -116,7 +124,7 @@ def test_signature_rules() -> None:
 def test_parse_reward_ref() -> None:
     assert parse_reward_ref("sub/r.py:exact") == ("sub/r.py", "exact")
     for bad in ("r.py", "r:exact", "r.py:", "r.py:not-a-name"):
-        with pytest.raises(ValueError, match="is not FILE.py:FUNCTION"):
+        with pytest.raises(ValueError, match=r"is not FILE\.py:FUNCTION"):
             parse_reward_ref(bad)
 
 
