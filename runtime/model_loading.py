@@ -32,7 +32,7 @@ from tunegen.runtime.models import BUILTIN_MODELS, Transformer
 from tunegen.runtime.peft_export import ADAPTER_CONFIG, load_peft_adapter
 from tunegen.runtime.tokenizers import Tokenizer, builtin_tokenizer, load_tokenizer
 
-__all__ = ["LoadedModel", "load_trained_model", "run_config"]
+__all__ = ["LoadedModel", "load_trained_model", "run_config", "run_data_format"]
 
 HF_EXPORT = "hf_model"
 PEFT_EXPORT = "peft_adapter"
@@ -76,6 +76,20 @@ def run_config(run_dir: Path) -> DictConfig | None:
     cfg = OmegaConf.create(OmegaConf.load(latest / "config.yaml"))
     resolve_config_paths(cfg, _run_cwd(run_dir, cfg))
     return cfg
+
+
+def run_data_format(config: DictConfig | None) -> tuple[str | None, str | None]:
+    """(format, template) of the run's training data: ("chat", "llama3"), ("text", None), ...
+
+    The format comes from the dataset class (`InstructDataset` -> "instruct"); (None, None)
+    without a config.
+    """
+    component = str(OmegaConf.select(config, "dataset._component_", default="")) if config else ""
+    name = component.rpartition(".")[2]
+    if not name.endswith("Dataset"):
+        return None, None
+    template = OmegaConf.select(config, "dataset.template", default=None)
+    return name.removesuffix("Dataset").lower(), None if template is None else str(template)
 
 
 def _run_cwd(run_dir: Path, cfg: DictConfig) -> Path:

@@ -37,7 +37,20 @@ __all__ = [
 class _Commands(TyperGroup):
     """Lists the commands in the order a user meets them (each lives in its own module)."""
 
-    ORDER = ("new", "validate", "run", "plot", "data", "update", "diff", "ls", "cp", "schema")
+    ORDER = (
+        "new",
+        "validate",
+        "run",
+        "plot",
+        "generate",
+        "eval",
+        "data",
+        "update",
+        "diff",
+        "ls",
+        "cp",
+        "schema",
+    )
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         rank = {name: i for i, name in enumerate(self.ORDER)}
