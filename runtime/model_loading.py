@@ -29,7 +29,7 @@ from tunegen.runtime.environment import resolve_device, seed_everything
 from tunegen.runtime.errors import CheckpointError, TunegenError, one_line
 from tunegen.runtime.hf_checkpoint import CONFIG_FILE, load_model, read_json
 from tunegen.runtime.models import BUILTIN_MODELS, Transformer
-from tunegen.runtime.peft_export import ADAPTER_CONFIG, load_peft_adapter
+from tunegen.runtime.peft_export import ADAPTER_CONFIG, BASE_MODEL_DIR, load_peft_adapter
 from tunegen.runtime.tokenizers import Tokenizer, builtin_tokenizer, load_tokenizer
 
 __all__ = ["LoadedModel", "load_trained_model", "run_config", "run_data_format"]
@@ -144,7 +144,11 @@ def _load_adapter(folder: Path, dtype: Any, config: DictConfig | None) -> Loaded
         model, tokenizer = load_model(base, dtype=dtype), builtin_tokenizer(base)
     elif base and base_dir.is_dir():
         model = load_model(base_dir, dtype=dtype)
-        tokenizer = _tokenizer(folder, config, fallback=base_dir)
+        builtin = _builtin_like(model) if base_dir.name == BASE_MODEL_DIR else None
+        if builtin is not None and config is None:  # a built-in base, saved with the adapter
+            tokenizer = builtin_tokenizer(builtin)
+        else:
+            tokenizer = _tokenizer(folder, config, fallback=base_dir)
     else:
         raise CheckpointError(
             f"{folder / ADAPTER_CONFIG}: base model {base!r} is not a local dir or built-in"
@@ -189,6 +193,15 @@ def _load_step(run_dir: Path, config: DictConfig, dtype: Any) -> LoadedModel:
         )
     load_weights_into(model, weights, strict="lora" not in config)
     return LoadedModel(model, tokenizer, str(step_dir), config)
+
+
+def _builtin_like(model: Transformer) -> str | None:
+    """The built-in model `model` has the sizes of, if any (its weights may differ)."""
+    for name, build in BUILTIN_MODELS.items():
+        with torch.device("meta"):
+            if build().build_args == model.build_args:
+                return name
+    return None
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
