@@ -157,3 +157,18 @@ def test_eval_exact_match_counts_right_answers(hf_dir: Path, tmp_path: Path) -> 
     status, out, err = cli_in_process(*args, "--max-new-tokens", "6")
     assert status == 0, err
     assert json.loads(out)["exact_match"] == 0.75
+
+
+def test_lm_eval_tasks_without_lm_eval_name_the_install(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a)
+    )
+    status, out, err = cli_in_process("eval", "tiny", "--lm-eval-tasks", "arc_easy")
+    assert (status, out) == (2, "")
+    assert err == (
+        "error: --lm-eval-tasks needs lm-evaluation-harness: pip install lm-eval"
+        " (or pip install tunegen[lm-eval])\n"
+    )

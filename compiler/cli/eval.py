@@ -265,8 +265,12 @@ def _lm_eval(
         task_manager=manager,
         limit=limit,
     )
-    metrics = {
-        task: {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "alias"}
+    metrics = {  # lm-eval names metrics "acc,none" (metric, filter): keep the metric
+        task: {
+            key.removesuffix(",none"): value
+            for key, value in values.items()
+            if isinstance(value, (int, float)) and key != "sample_len"
+        }
         for task, values in results["results"].items()
     }
     return {"model": loaded.source, "lm_eval": metrics}
