@@ -172,3 +172,35 @@ def test_lm_eval_tasks_without_lm_eval_name_the_install(monkeypatch, capsys) -> 
         "error: --lm-eval-tasks needs lm-evaluation-harness: pip install lm-eval"
         " (or pip install tunegen[lm-eval])\n"
     )
+
+
+@pytest.mark.slow
+def test_a_lora_run_loads_from_its_adapter_and_from_its_latest_step(tmp_path: Path) -> None:
+    """A real 1-step LoRA run: the run dir loads its peft_adapter/; without it, the step_*
+    checkpoint rebuilt from the saved config gives the same model."""
+    from helpers import tunegen_in_process
+
+    assert tunegen_in_process("new", "--spec", "lora", cwd=tmp_path).returncode == 0
+    ran = tunegen_in_process(
+        "run", "generated/lora.py", "training.max_steps=1", "training.batch_size=2", cwd=tmp_path
+    )
+    assert ran.returncode == 0, ran.stderr
+    run = tmp_path / "runs" / "lora"
+    tokens = torch.randint(3, 500, (2, 16))
+    exported = load_trained_model(run)
+    assert exported.source.startswith(str(run / "peft_adapter"))
+    with torch.no_grad():
+        expected = exported.model(tokens)
+    import shutil
+
+    shutil.rmtree(run / "peft_adapter")
+    from_step = load_trained_model(run)
+    assert from_step.source == str(run / "step_000001")
+    with torch.no_grad():
+        torch.testing.assert_close(from_step.model(tokens), expected, atol=1e-5, rtol=0)
+    status, out, err = cli_in_process(
+        "eval", str(run), "--data", str(HELDOUT), "--max-samples", "4", "--json"
+    )
+    assert status == 0, err
+    report = json.loads(out)
+    assert (report["format"], report["template"], report["samples"]) == ("instruct", "alpaca", 4)
