@@ -37,7 +37,20 @@ __all__ = [
 class _Commands(TyperGroup):
     """Lists the commands in the order a user meets them (each lives in its own module)."""
 
-    ORDER = ("new", "validate", "run", "plot", "data", "update", "diff", "ls", "cp", "schema")
+    ORDER = (
+        "new",
+        "validate",
+        "run",
+        "plot",
+        "generate",
+        "eval",
+        "data",
+        "update",
+        "diff",
+        "ls",
+        "cp",
+        "schema",
+    )
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         rank = {name: i for i, name in enumerate(self.ORDER)}
@@ -47,7 +60,7 @@ class _Commands(TyperGroup):
 app = typer.Typer(
     cls=_Commands,
     help="Compile a short fine-tuning spec into a readable PyTorch recipe and config you own.",
-    add_completion=False,
+    add_completion=True,  # tunegen --install-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: `--force`, `--config PATH`, as other command lines read
