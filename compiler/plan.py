@@ -21,10 +21,12 @@ from tunegen.compiler.schema import (
     DataSpec,
     DpoSpec,
     EvalSpec,
+    GrpoSpec,
     KdSpec,
     LoggingSpec,
     LoraSpec,
     ProfilerSpec,
+    RewardSpec,
     Spec,
     TrainingSpec,
     doc_of,
@@ -70,6 +72,14 @@ RECIPES = {
         "LoRAKDRecipe",
         "Distillation with LoRA: adapters learn from data and a teacher's logits.",
     ),
+    ("grpo", "full"): (
+        "FullGRPORecipe",
+        "GRPO: the whole model learns from rewards of its own sampled completions.",
+    ),
+    ("grpo", "lora"): (
+        "LoRAGRPORecipe",
+        "GRPO with LoRA: adapters learn from rewards of the model's own completions.",
+    ),
 }
 SCHEDULERS = {
     "cosine": "tunegen.runtime.schedulers.cosine_with_warmup",
@@ -84,12 +94,14 @@ DATASETS = {
     "chat": "tunegen.runtime.data.ChatDataset",
     "text": "tunegen.runtime.data.TextDataset",
     "preference": "tunegen.runtime.data.PreferenceDataset",
+    "prompts": "tunegen.runtime.data.prompts.PromptDataset",
 }
 DATASET_COMMENTS = {
     "instruct": "training samples, tokenized with prompt tokens masked out of the loss",
     "chat": "conversations, tokenized with the loss on the assistant replies only",
     "text": "plain text; every token carries loss",
     "preference": "prompts with a chosen and a rejected response, each masked to its response",
+    "prompts": "prompts to sample completions for; their other fields go to the rewards",
 }
 
 
@@ -119,7 +131,7 @@ class Plan:
     method: str
     recipe_class: str
     summary: str
-    objective: str  # what the loss is: "sft" (cross-entropy), "dpo" or "kd"
+    objective: str  # what the loss is: "sft" (cross-entropy), "dpo", "kd" or "grpo"
     dora: bool  # the adapters are DoRA (features/adapters.py.j2 asks)
     packed: bool  # batches are packed rows (the objectives' collate and forward ask)
     # The feature parts (templates/features/<name>.py.j2) the recipe carries, in the order their
@@ -169,7 +181,7 @@ def make_plan(spec: Spec, parsed: ParsedSpec, *, recipe_path: Path, config_path:
     `recipe_path` and `config_path` are where the files will be written; the headers show them in
     the run command.
     """
-    objective = spec.method if spec.method in ("dpo", "kd") else "sft"
+    objective = spec.method if spec.method in ("dpo", "kd", "grpo") else "sft"
     adapters, dora = uses_adapters(spec), uses_dora(spec)
     recipe_class, summary = recipe_for(objective, spec.method, adapters=adapters, dora=dora)
     return Plan(
@@ -199,7 +211,7 @@ def chunks_loss(spec: Spec) -> bool:
     asks, or by default (`auto`) when it trains on a CUDA device, where the full fp32 logits are
     often the largest tensor of a step. `auto` leaves the recipes of `device: auto` and `cpu`
     as they were (on CPU, torchtune's chunked loss measured 6-19% slower)."""
-    if spec.method in ("dpo", "kd"):  # their losses read the whole logits
+    if spec.method in ("dpo", "kd", "grpo"):  # their losses read the whole logits
         return False
     chunked = spec.training.chunked_loss
     return spec.training.device.startswith("cuda") if chunked == "auto" else chunked
@@ -223,8 +235,8 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
         "length_buckets": spec.data.bucket_by_length,
         "packed": spec.data.packed,
         "token_budget": token_budget,
-        "reference_copy": objective == "dpo" and not adapters,
-        "reference_adapters_off": objective == "dpo" and adapters,
+        "reference_copy": _uses_reference(spec, objective) and not adapters,
+        "reference_adapters_off": _uses_reference(spec, objective) and adapters,
         "clip_grad_norm": training.clip_grad_norm is not None,
         "optimizer_step": not training.optimizer_in_bwd,
         "optimizer_in_bwd": training.optimizer_in_bwd,
@@ -242,6 +254,13 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
         "keep_best": checkpoint.keep_best is not None,
     }
     return tuple(feature for feature, enabled in chosen.items() if enabled)
+
+
+def _uses_reference(spec: Spec, objective: str) -> bool:
+    """DPO always measures against a reference model; GRPO only for its KL term (beta > 0)."""
+    if objective == "grpo":
+        return (spec.grpo or GrpoSpec()).beta > 0
+    return objective == "dpo"
 
 
 def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Section, ...]:
@@ -324,6 +343,8 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
                 ),
             )
         )
+    if spec.method == "grpo":
+        sections += _grpo_sections(spec, parsed, config_dir)
     sections.append(Section("training", "the optimisation loop", _training_items(spec)))
     if spec.checkpoint.export_hf:
         sections.append(
@@ -463,7 +484,75 @@ def _batch_size_entry(training: TrainingSpec) -> Entry:
     return Entry("batch_size", "${training.batch_size}", "set in training.batch_size")
 
 
+def _grpo_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> list[Section]:
+    """The reward functions (each imported from its file) and GRPO's sampling settings."""
+    grpo = spec.grpo or GrpoSpec()
+    functions = []
+    for entry in spec.reward or ():
+        entry = RewardSpec(function=entry) if isinstance(entry, str) else entry
+        path, _, function = entry.function.rpartition(":")
+        name = function
+        while name in {section.key for section in functions}:  # one function from two files
+            name += "_"
+        location = _config_path(resolve_spec_path(parsed, path), config_dir)
+        functions.append(
+            Section(
+                name,
+                "",
+                (
+                    Entry("path", location, "the reward file, relative to this file"),
+                    Entry("function", _text(function), "f(prompts, completions, **fields)"),
+                    Entry("weight", entry.weight, doc_of(RewardSpec, "weight")),
+                ),
+            )
+        )
+    keys = (
+        "group_size",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "beta",
+        "epsilon",
+        "loss_type",
+        "num_iterations",
+        "mask_truncated",
+        "log_completions_every_n_steps",
+    )
+    return [
+        Section(
+            "rewards",
+            "reward functions, imported from their files; the reward is their weighted sum",
+            (
+                _component("tunegen.runtime.rewards.RewardFunctions"),
+                Section(
+                    "functions",
+                    "name (as metrics show it) -> file, function, weight",
+                    tuple(functions),
+                ),
+            ),
+        ),
+        Section(
+            "grpo",
+            "group sampling and the policy objective",
+            tuple(Entry(key, getattr(grpo, key), doc_of(GrpoSpec, key)) for key in keys),
+        ),
+    ]
+
+
 def _loss_section(spec: Spec) -> Section:
+    if spec.method == "grpo":
+        return Section(
+            "loss",
+            "the clipped token-level GRPO objective, summed (set in the grpo section)",
+            (
+                _component("tunegen.runtime.grpo.GRPOLoss"),
+                Entry("variant", "${grpo.loss_type}", "set in grpo.loss_type"),
+                Entry("epsilon", "${grpo.epsilon}", "set in grpo.epsilon"),
+                Entry("kl_beta", "${grpo.beta}", "set in grpo.beta"),
+                Entry("max_new_tokens", "${grpo.max_new_tokens}", "set in grpo.max_new_tokens"),
+                Entry("mask_truncated", "${grpo.mask_truncated}", "set in grpo.mask_truncated"),
+            ),
+        )
     if chunks_loss(spec):
         return Section(
             "loss",
@@ -576,6 +665,10 @@ def _dataset_items(data: DataSpec, parsed: ParsedSpec, config_dir: Path) -> tupl
     ]
     if data.format != "text":
         items.append(Entry("template", data.template, doc_of(DataSpec, "template")))
+    if data.format == "prompts":
+        items.append(
+            Entry("max_new_tokens", "${grpo.max_new_tokens}", "set in grpo.max_new_tokens")
+        )
     if data.format in ("instruct", "chat"):
         items.append(
             Entry("train_on_input", data.train_on_input, doc_of(DataSpec, "train_on_input"))

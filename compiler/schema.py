@@ -42,10 +42,12 @@ __all__ = [
     "DataSpec",
     "DpoSpec",
     "EvalSpec",
+    "GrpoSpec",
     "KdSpec",
     "LoggingSpec",
     "LoraSpec",
     "ProfilerSpec",
+    "RewardSpec",
     "Spec",
     "TrainingSpec",
     "bounds_of",
@@ -65,8 +67,8 @@ __all__ = [
     "uses_validation",
 ]
 
-METHODS = ("full", "lora", "dora", "qlora", "dpo", "kd")
-# Methods that are LoRA by definition; dpo and kd train adapters when their `use_lora` says so.
+METHODS = ("full", "lora", "dora", "qlora", "dpo", "kd", "grpo")
+# Methods that are LoRA by definition; dpo, kd and grpo train adapters when their `use_lora` says so.
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 SCHEMA_FILE = "spec.schema.json"
 """The JSON Schema shipped next to this module (`tunegen schema -o compiler/spec.schema.json`)."""
@@ -115,10 +117,11 @@ class DataSpec(_Section):
     """What to train on."""
 
     path: str = option(doc="training data: a .jsonl or .json file, relative to the spec")
-    format: Literal["instruct", "chat", "text", "preference"] = option(
+    format: Literal["instruct", "chat", "text", "preference", "prompts"] = option(
         "instruct",
         "instruct: instruction/input/output records; chat: messages or conversations; text: text; "
-        "preference: prompt/chosen/rejected (method: dpo)",
+        "preference: prompt/chosen/rejected (method: dpo); prompts: prompt or messages, other "
+        "fields go to the rewards (method: grpo)",
     )
     template: Literal["alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"] = option(
         "alpaca",
@@ -212,6 +215,62 @@ class KdSpec(_Section):
         "train LoRA adapters on the student instead of every weight "
         "(null: when the spec has a lora section)",
     )
+
+
+class GrpoSpec(_Section):
+    """Group-relative policy optimisation (method: grpo) on data.format: prompts."""
+
+    group_size: int = option(
+        8, "completions sampled per prompt; each is rewarded relative to its group", ge=2, le=1024
+    )
+    max_new_tokens: int = option(32, "generation budget per completion", ge=1, le=32768)
+    temperature: Number = option(
+        1.0, "sampling temperature (the loss scores the same tempered distribution)", gt=0, le=10
+    )
+    top_p: Number = option(
+        1.0,
+        "nucleus sampling: sample from the smallest token set holding this probability",
+        gt=0,
+        le=1,
+    )
+    beta: Number = option(
+        0.0, "weight of the KL to the reference model (0: no KL term and no reference)", ge=0
+    )
+    epsilon: Number = option(
+        0.2, "clip range of the policy ratio: [1 - epsilon, 1 + epsilon]", gt=0, le=1
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = option(
+        "grpo",
+        "grpo: per-completion token mean, then batch mean; dapo: token mean over the batch; "
+        "dr_grpo: token sum / (completions x max_new_tokens), advantages not divided by the std",
+    )
+    num_iterations: int = option(
+        1,
+        "policy updates on each batch of completions (the ratio's old policy is the sampler)",
+        ge=1,
+        le=64,
+    )
+    mask_truncated: bool = option(
+        False, "completions cut off at max_new_tokens carry no loss (DAPO's overlong filtering)"
+    )
+    log_completions_every_n_steps: int | None = option(
+        10, "log a few sampled completions with their rewards every N steps (null: never)", ge=1
+    )
+    use_lora: bool | None = option(
+        None,
+        "train LoRA adapters (the reference is the model with adapters off) instead of every "
+        "weight (null: when the spec has a lora section)",
+    )
+
+
+class RewardSpec(_Section):
+    """A weighted reward function (an entry of `reward`)."""
+
+    function: str = option(
+        doc="FILE.py:FUNCTION, f(prompts, completions, **fields) -> list[float]; the file is "
+        "relative to the spec"
+    )
+    weight: Number = option(1.0, "the function's weight in the total reward")
 
 
 class TrainingSpec(_Section):
@@ -356,9 +415,10 @@ class Spec(_Section):
     """A tunegen spec: what to fine-tune, on what, and how."""
 
     name: Identifier = option(doc="recipe name: generated/<name>.py and generated/<name>.yaml")
-    method: Literal["full", "lora", "dora", "qlora", "dpo", "kd"] = option(
+    method: Literal["full", "lora", "dora", "qlora", "dpo", "kd", "grpo"] = option(
         doc="full: update every weight; lora: low-rank adapters; dora: LoRA + learned magnitudes; "
-        "qlora: LoRA on a 4-bit NF4 base; dpo: preference optimisation; kd: distillation"
+        "qlora: LoRA on a 4-bit NF4 base; dpo: preference optimisation; kd: distillation; "
+        "grpo: online RL with reward functions"
     )
     model: str = option(
         doc="a built-in model name (tunegen ls lists them) or a local Hugging Face checkpoint dir"
@@ -372,6 +432,12 @@ class Spec(_Section):
     )
     dpo: DpoSpec | None = option(None, "preference optimisation settings (method: dpo)")
     kd: KdSpec | None = option(None, "distillation settings (method: kd; teacher is required)")
+    grpo: GrpoSpec | None = option(None, "group sampling and the policy objective (method: grpo)")
+    reward: list[str | RewardSpec] | None = option(
+        None,
+        "method: grpo: reward functions, each FILE.py:FUNCTION or {function: FILE.py:FUNCTION, "
+        "weight: w}; the total reward is the weighted sum",
+    )
     training: TrainingSpec = option(TrainingSpec(), "optimisation loop")
     checkpoint: CheckpointSpec = option(CheckpointSpec(), "checkpoints and resuming")
     logging: LoggingSpec = option(LoggingSpec(), "metrics")
@@ -421,6 +487,22 @@ CONFIG_KEYS: dict[str, str] = {
     "val_dataset.column": "data.column",
     "val_dataset.max_seq_len": "data.max_seq_len",
     "val_dataset.max_dropped_fraction": "data.max_dropped_fraction",
+    "grpo.group_size": "grpo.group_size",
+    "grpo.max_new_tokens": "grpo.max_new_tokens",
+    "grpo.temperature": "grpo.temperature",
+    "grpo.top_p": "grpo.top_p",
+    "grpo.beta": "grpo.beta",
+    "grpo.epsilon": "grpo.epsilon",
+    "grpo.loss_type": "grpo.loss_type",
+    "grpo.num_iterations": "grpo.num_iterations",
+    "grpo.mask_truncated": "grpo.mask_truncated",
+    "grpo.log_completions_every_n_steps": "grpo.log_completions_every_n_steps",
+    "loss.variant": "grpo.loss_type",
+    "loss.epsilon": "grpo.epsilon",
+    "loss.kl_beta": "grpo.beta",
+    "loss.max_new_tokens": "grpo.max_new_tokens",
+    "loss.mask_truncated": "grpo.mask_truncated",
+    "dataset.max_new_tokens": "grpo.max_new_tokens",
     "eval.template": "data.template",
     "eval.max_samples": "eval.max_samples",
     "eval.max_new_tokens": "eval.max_new_tokens",
@@ -474,6 +556,12 @@ FOREIGN_NAMES: dict[str, str] = {
     "dpo_beta": "dpo.beta",
     "lr_scheduler": "training.scheduler",
     "val_set_size": "data.val_split",
+    # TRL (GRPOConfig)
+    "num_generations": "grpo.group_size",
+    "max_completion_length": "grpo.max_new_tokens",
+    "mask_truncated_completions": "grpo.mask_truncated",
+    "reward_funcs": "reward",
+    "reward_weights": "reward",
     # torchtune
     "lora_rank": "lora.rank",
     "lora_attn_modules": "lora.targets",
@@ -488,10 +576,11 @@ def uses_adapters(spec: Spec) -> bool:
     """Whether the spec trains LoRA adapters (on a frozen base) rather than every weight."""
     if spec.method == "dpo":
         return (spec.dpo or DpoSpec()).use_lora
-    if spec.method == "kd":
-        if spec.kd is None or spec.kd.use_lora is None:
+    if spec.method in ("kd", "grpo"):
+        section = spec.kd if spec.method == "kd" else spec.grpo
+        if section is None or section.use_lora is None:
             return spec.lora is not None
-        return spec.kd.use_lora
+        return section.use_lora
     return spec.method in ADAPTER_METHODS
 
 

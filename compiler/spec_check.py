@@ -16,6 +16,7 @@ from typing import Any
 
 from tunegen.compiler.parse import ParsedSpec
 from tunegen.compiler.schema import (
+    GrpoSpec,
     Spec,
     spec_errors,
     strip_optional,
@@ -33,6 +34,7 @@ TEMPLATES_BY_FORMAT = {
     "chat": ("alpaca", "llama3", "chatml", "mistral", "tokenizer"),
     # Plain-text preference records use an instruct template, conversations a chat template.
     "preference": ("alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"),
+    "prompts": ("alpaca", "plain", "llama3", "chatml", "mistral", "tokenizer"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # `org/name`: how Hugging Face hub ids read (tunegen import keeps them; tunegen reads local files).
@@ -84,7 +86,7 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     if spec.checkpoint.export_merged and not spec.checkpoint.export_hf:
         problem("checkpoint.export_merged", "needs checkpoint.export_hf: true")
     data = spec.data
-    if data.format in ("text", "preference") and data.train_on_input:
+    if data.format in ("text", "preference", "prompts") and data.train_on_input:
         problem("data.train_on_input", "only used with data.format: instruct or chat")
     if data.format == "text" and "template" in parsed.values.get("data", {}):
         problem("data.template", "only used with data.format: instruct or chat")
@@ -98,6 +100,7 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
             "data.format",
             "method: dpo needs data.format: preference (records with prompt, chosen, rejected)",
         )
+    _check_grpo(spec, parsed, problem)
     if data.packed and spec.method == "dpo":
         problem(
             "data.packed",
@@ -199,6 +202,13 @@ def _check_validation(spec: Spec, problem: Any) -> None:
     """One source of validation data, and the keys that use it only with one."""
     if spec.data.val_path is not None and spec.data.val_split is not None:
         problem("data.val_split", "set data.val_path or data.val_split, not both")
+    if uses_validation(spec) and spec.method == "grpo":
+        key = "data.val_path" if spec.data.val_path is not None else "data.val_split"
+        problem(
+            key,
+            "method: grpo has no validation pass yet (its held-out measure is the mean reward: "
+            "see docs/grpo.md); remove the key",
+        )
     if uses_validation(spec):
         return
     needs = "needs validation data: set data.val_path (a file) or data.val_split (a share)"
@@ -221,16 +231,16 @@ def _check_logging_backends(spec: Spec, problem: Any) -> None:
 
 def _no_adapters(spec: Spec) -> str:
     """Why this spec trains no adapters, for the end of an error message."""
-    if spec.method in ("dpo", "kd"):
+    if spec.method in ("dpo", "kd", "grpo"):
         return f"with method: {spec.method}, set {spec.method}.use_lora: true to train adapters"
     return f"this spec has method: {spec.method}, which trains every weight"
 
 
 def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
     """Each method's own section belongs to that method, and its settings fit together."""
-    for section in ("dpo", "kd"):
-        if section in parsed.values and spec.method != section:
-            problem(section, f"only used with method: {section} (this spec has {spec.method})")
+    for section, method in (("dpo", "dpo"), ("kd", "kd"), ("grpo", "grpo"), ("reward", "grpo")):
+        if section in parsed.values and spec.method != method:
+            problem(section, f"only used with method: {method} (this spec has {spec.method})")
     lora_keys = parsed.values.get("lora") or {}
     if spec.method == "dora" and "use_dora" in lora_keys and not spec.lora.use_dora:
         problem(
@@ -244,6 +254,63 @@ def _check_method_sections(spec: Spec, parsed: ParsedSpec, problem: Any) -> None
             problem("method", "kd needs a kd section with kd.teacher (a checkpoint dir)")
         else:
             _check_teacher(spec, parsed, problem)
+
+
+def _check_grpo(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:
+    """GRPO's data, reward functions and settings fit together (prompts data <-> method: grpo)."""
+    data = spec.data
+    if data.format == "prompts" and spec.method != "grpo":
+        problem("data.format", f"prompts data is for method: grpo (this spec has {spec.method})")
+    if spec.method != "grpo":
+        return
+    if data.format != "prompts":
+        problem(
+            "data.format",
+            "method: grpo needs data.format: prompts (records with a prompt or messages)",
+        )
+    for key in ("packed", "bucket_by_length"):
+        if getattr(data, key):
+            problem(f"data.{key}", f"method: grpo samples its own completions; remove data.{key}")
+    grpo = spec.grpo or GrpoSpec()
+    if grpo.max_new_tokens >= data.max_seq_len:
+        problem(
+            "grpo.max_new_tokens",
+            f"{grpo.max_new_tokens} leaves no room for a prompt within data.max_seq_len "
+            f"({data.max_seq_len})",
+        )
+    if grpo.num_iterations > 1 and spec.training.on_nonfinite_loss == "skip":
+        problem(
+            "training.on_nonfinite_loss",
+            "skip drops a whole step, but with grpo.num_iterations > 1 earlier updates of the "
+            "step are already taken; use stop or grpo.num_iterations: 1",
+        )
+    if not spec.reward:
+        problem(
+            "reward" if "reward" in parsed.values else "method",
+            "method: grpo needs reward: a list of reward functions, each FILE.py:FUNCTION "
+            "(a file next to the spec)",
+        )
+        return
+    for index, entry in enumerate(spec.reward):
+        _check_reward(entry, f"reward[{index}]", parsed, problem)
+
+
+def _check_reward(entry: Any, key_path: str, parsed: ParsedSpec, problem: Any) -> None:
+    """A reward entry names FILE.py:FUNCTION; the file imports and the function takes
+    `(prompts, completions, **fields)`. Importing runs the user's file, as the run will."""
+    from tunegen.runtime.rewards import RewardError, load_reward_function, parse_reward_ref
+
+    ref = entry if isinstance(entry, str) else entry.function
+    where = key_path if isinstance(entry, str) else f"{key_path}.function"
+    try:
+        path, function = parse_reward_ref(ref)
+    except ValueError as exc:
+        problem(where, str(exc))
+        return
+    try:
+        load_reward_function(resolve_spec_path(parsed, path), function, shown_as=path)
+    except RewardError as exc:
+        problem(where, str(exc))
 
 
 def _check_teacher(spec: Spec, parsed: ParsedSpec, problem: Any) -> None:

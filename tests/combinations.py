@@ -102,6 +102,28 @@ GOLDEN_ONLY: dict[str, dict[str, Any]] = {
         "data": {**INSTRUCT, "packed": True},
         "training": {"chunked_loss": True, "fused_optimizer": False},
     },
+    # GRPO with adapters (the reference is the policy with adapters off), two updates per
+    # rollout; and a full fine-tune without a KL term (no reference at all).
+    "grpo_lora_dapo_iterations": {
+        "method": "grpo",
+        "data": {"path": "data/grpo_prompts.jsonl", "format": "prompts", "max_seq_len": 128},
+        "grpo": {
+            "group_size": 4,
+            "max_new_tokens": 8,
+            "beta": 0.04,
+            "loss_type": "dapo",
+            "num_iterations": 2,
+            "use_lora": True,
+        },
+        "reward": ["specs/grpo_rewards.py:exact_match"],
+    },
+    "grpo_full_no_kl_skip_nonfinite": {
+        "method": "grpo",
+        "data": {"path": "data/grpo_prompts.jsonl", "format": "prompts", "max_seq_len": 128},
+        "grpo": {"group_size": 4, "max_new_tokens": 8, "beta": 0.0, "loss_type": "dr_grpo"},
+        "reward": [{"function": "specs/grpo_rewards.py:word_overlap", "weight": 2.0}],
+        "training": {"on_nonfinite_loss": "skip"},
+    },
 }
 
 

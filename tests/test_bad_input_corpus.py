@@ -199,6 +199,28 @@ def _compile_then_write(workdir: Path, name: str, text: str) -> None:
     (workdir / name).write_text(text)
 
 
+GRPO_SPEC = """\
+name: bad
+method: grpo
+model: tiny
+data: {path: prompts.jsonl, format: prompts, template: plain, max_seq_len: 64}
+grpo: {group_size: 2, max_new_tokens: 2, log_completions_every_n_steps: null}
+reward: [rewards.py:score]
+training: {max_steps: 1, batch_size: 1}
+"""
+PROMPTS = '{"prompt": "Say hi.", "answer": "hi"}\n'
+
+
+def _grpo(reward_body: str, spec: str = GRPO_SPEC) -> dict[str, str]:
+    """A GRPO spec whose reward file defines `score` with `reward_body` as its body."""
+    rewards = f"import math\n\ndef score(prompts, completions, **fields):\n    {reward_body}\n"
+    return {"spec.yaml": spec, "prompts.jsonl": PROMPTS, "rewards.py": rewards}
+
+
+def _grpo_recipe(workdir: Path) -> None:
+    _call(["new", "--spec", "spec.yaml"])
+
+
 CASES: dict[str, Case] = {
     # -- specs ------------------------------------------------------------------------------------
     "spec_bad_yaml": Case(
@@ -1029,6 +1051,112 @@ CASES: dict[str, Case] = {
         ["validate", "spec.yaml"],
         "data.path: 'yahma/alpaca-cleaned' is not a local file",
     ),
+    # -- grpo: reward functions ---------------------------------------------------------------
+    "spec_grpo_reward_file_missing": Case(
+        "spec",
+        _grpo("return [1.0] * len(completions)", GRPO_SPEC.replace("rewards.py:", "nope.py:")),
+        ["new", "-s", "spec.yaml"],
+        "spec.yaml:6: reward[0]: reward file 'nope.py' not found",
+    ),
+    "spec_grpo_reward_wrong_signature": Case(
+        "spec",
+        {
+            **_grpo("return []"),
+            "rewards.py": "def score(completions):\n    return [1.0] * len(completions)\n",
+        },
+        ["new", "-s", "spec.yaml"],
+        "reward[0]: rewards.py:score: expected a function f(prompts, completions, **fields)",
+    ),
+    "spec_grpo_without_reward": Case(
+        "spec",
+        _grpo("return []", GRPO_SPEC.replace("reward: [rewards.py:score]\n", "")),
+        ["new", "-s", "spec.yaml"],
+        "method: grpo needs reward:",
+    ),
+    "grpo_reward_wrong_length": Case(
+        "config",
+        _grpo("return [1.0]"),
+        ["run", "generated/bad.py"],
+        "step 1: reward rewards.py:score returned 1 scores for 2 completions",
+        setup=_grpo_recipe,
+    ),
+    "grpo_reward_nan": Case(
+        "config",
+        _grpo("return [math.nan] * len(completions)"),
+        ["run", "generated/bad.py"],
+        "step 1: reward rewards.py:score returned nan for completion 0",
+        setup=_grpo_recipe,
+    ),
+    # -- tunegen generate and tunegen eval ------------------------------------------------------------
+    "generate_no_such_run_dir": Case(
+        "generate", {}, ["generate", "runs/nope", "--prompt", "Hi"], "runs/nope: no such dir"
+    ),
+    "generate_dir_without_model": Case(
+        "generate",
+        {"runs/a/notes.txt": "x"},
+        ["generate", "runs/a", "--prompt", "Hi"],
+        "runs/a: no model in it",
+    ),
+    "generate_neither_prompt_nor_chat": Case(
+        "generate", {}, ["generate", "tiny"], "give exactly one of --prompt TEXT or --chat"
+    ),
+    "generate_top_p_out_of_range": Case(
+        "generate",
+        {},
+        ["generate", "tiny", "--prompt", "Hi", "--top-p", "1.5"],
+        "--top-p must be in (0, 1], got 1.5",
+    ),
+    "generate_max_new_tokens_not_a_number": Case(
+        "generate",
+        {},
+        ["generate", "tiny", "--prompt", "Hi", "--max-new-tokens", "many"],
+        "Invalid value for '--max-new-tokens': Input should be a valid integer",
+    ),
+    "generate_negative_temperature": Case(
+        "generate",
+        {},
+        ["generate", "tiny", "--prompt", "Hi", "--temperature", "-1"],
+        "'--temperature': Input should be greater than or equal to 0",
+    ),
+    "generate_chat_without_a_template": Case(
+        "generate", {}, ["generate", "tiny", "--chat"], "tiny: no chat template"
+    ),
+    "generate_chat_unknown_template": Case(
+        "generate",
+        {},
+        ["generate", "tiny", "--chat", "--template", "vicuna"],
+        "--template: unknown template 'vicuna'",
+    ),
+    "generate_adapter_without_its_base": Case(
+        "generate",
+        {"adapter/adapter_config.json": '{"base_model_name_or_path": "gone/base"}'},
+        ["generate", "adapter", "--prompt", "Hi"],
+        "base model 'gone/base' is not a local dir or built-in model",
+    ),
+    "eval_data_file_missing": Case(
+        "eval", {}, ["eval", "tiny", "--data", "held.jsonl"], "--data: held.jsonl: file not found"
+    ),
+    "eval_neither_data_nor_tasks": Case(
+        "eval", {}, ["eval", "tiny"], "give exactly one of --data FILE or --lm-eval-tasks T"
+    ),
+    "eval_unknown_format": Case(
+        "eval",
+        {"held.jsonl": INSTRUCT},
+        ["eval", "tiny", "--data", "held.jsonl", "--format", "csv"],
+        "--format: 'csv' is not one of text, instruct, chat",
+    ),
+    "eval_records_of_no_known_format": Case(
+        "eval",
+        {"held.jsonl": '{"question": "2+2?", "answer": "4"}\n'},
+        ["eval", "tiny", "--data", "held.jsonl"],
+        "held.jsonl: cannot tell its format from the first record's fields; pass --format",
+    ),
+    "eval_max_samples_zero": Case(
+        "eval",
+        {"held.jsonl": INSTRUCT},
+        ["eval", "tiny", "--data", "held.jsonl", "--max-samples", "0"],
+        "'--max-samples': Input should be greater than or equal to 1",
+    ),
     "spec_unknown_logging_backend": Case(
         "spec",
         _spec_with("name: bad", "name: bad\nlogging: {backends: [jsonl, tensorbord]}"),
@@ -1073,5 +1201,7 @@ def test_corpus_size_and_coverage() -> None:
         "update",
         "plot",
         "import",
+        "generate",
+        "eval",
     }
     assert len(CASES) >= 56

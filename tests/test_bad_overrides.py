@@ -48,6 +48,11 @@ SPECS = {
     "budget": (
         "name: budget\nmethod: full\nmodel: tiny\n" + DATA + "training: {tokens_per_batch: 128}\n"
     ),
+    "rl": (
+        "name: rl\nmethod: grpo\nmodel: tiny\n"
+        "data: {path: data/grpo_prompts.jsonl, format: prompts}\n"
+        f"reward: ['{(REPO / 'specs' / 'grpo_rewards.py').as_posix()}:exact_match']\n"
+    ),
 }
 
 
@@ -179,6 +184,13 @@ def test_every_config_key_is_covered(compiled: dict[str, str]) -> None:
         "val_dataset.train_on_input",
         "val_dataset.max_seq_len",
         "val_dataset.max_dropped_fraction",
+        # grpo: the loss and the prompt data read the grpo section's values
+        "loss.variant",
+        "loss.epsilon",
+        "loss.kl_beta",
+        "loss.max_new_tokens",
+        "loss.mask_truncated",
+        "dataset.max_new_tokens",
     } == INTERPOLATED
     assert len(CASES) >= 80
 

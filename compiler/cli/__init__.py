@@ -8,6 +8,8 @@
     tunegen update RECIPE [--spec F] [--dry-run] [--resolved]   a changed spec into your edits (update.py)
     tunegen diff RECIPE                 your edits against what tunegen generated           (update.py)
     tunegen plot RUN_DIR... [-o F]      loss, lr and tokens/s curves of runs, as one PNG     (plot.py)
+    tunegen generate RUN_DIR_OR_MODEL (--prompt TEXT | --chat)   talk to a trained model (generate.py)
+    tunegen eval RUN_DIR_OR_MODEL --data F [--json]   perplexity and exact match on a file  (eval.py)
     tunegen ls                          built-in specs, methods and models                  (specs.py)
     tunegen cp NAME DEST                copy a built-in spec to edit                        (specs.py)
     tunegen schema [--output F]         the spec's JSON Schema, for editors and tools       (specs.py)
@@ -17,6 +19,8 @@
 
 from tunegen.compiler.cli import (  # noqa: F401  (importing a command module registers it)
     data,
+    eval,
+    generate,
     import_config,
     new,
     plot,

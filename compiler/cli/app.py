@@ -43,6 +43,8 @@ class _Commands(TyperGroup):
         "validate",
         "run",
         "plot",
+        "generate",
+        "eval",
         "data",
         "update",
         "diff",
@@ -59,7 +61,7 @@ class _Commands(TyperGroup):
 app = typer.Typer(
     cls=_Commands,
     help="Compile a short fine-tuning spec into a readable PyTorch recipe and config you own.",
-    add_completion=False,
+    add_completion=True,  # tunegen --install-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: `--force`, `--config PATH`, as other command lines read

@@ -60,9 +60,11 @@ class DatasetStats:
 
 def item_sequences(item: dict[str, list[int]]) -> dict[str, tuple[list[int], list[int]]]:
     """The token sequences of one dataset item, by name: `""` for a plain `{"tokens", "labels"}`
-    item, `"chosen"` and `"rejected"` for a preference pair."""
+    item, `"chosen"` and `"rejected"` for a preference pair, `"prompt"` for a GRPO prompt."""
     if "tokens" in item:
         return {"": (item["tokens"], item["labels"])}
+    if "prompt_ids" in item:  # a GRPO prompt: the loss falls on completions sampled in training
+        return {"prompt": (item["prompt_ids"], [-100] * len(item["prompt_ids"]))}
     return {
         side: (item[f"{side}_tokens"], item[f"{side}_labels"]) for side in ("chosen", "rejected")
     }

@@ -24,6 +24,7 @@ METHOD_NOTES = {
     "qlora": "LoRA on a 4-bit NF4 base",
     "dpo": "preference optimisation (chosen/rejected pairs)",
     "kd": "distillation from a teacher",
+    "grpo": "online RL: sampled completions scored by your reward functions",
 }
 
 

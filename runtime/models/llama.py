@@ -29,7 +29,7 @@ Hd head dim, F MLP hidden dim, V vocab.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "LINEAR_LAYER_NAMES",
     "ROPE_TYPES",
     "HFArchitecture",
+    "KVCache",
     "Transformer",
     "llama",
 ]
@@ -205,6 +206,83 @@ def attend(q: Tensor, k: Tensor, v: Tensor, documents: Documents | None) -> Tens
     return torch.cat(rows, dim=0)
 
 
+class LayerKV:
+    """One layer's slice of a `KVCache`: its preallocated keys and values (B, K, S, Hd)."""
+
+    def __init__(self, cache: KVCache, keys: Tensor, values: Tensor) -> None:
+        self.cache = cache
+        self.keys = keys
+        self.values = values
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys and values (B, K, T, Hd); return all of them so far (B, K, L+T, Hd)."""
+        start = self.cache.length
+        end = start + k.shape[2]
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """The keys and values of the tokens a model has seen, so decoding feeds one new token a step.
+
+    Make one with `Transformer.new_kv_cache` and pass it to every `forward` call of one generation:
+    the first call feeds the prompts, each later call the tokens just picked. Prompts of different
+    lengths are left-padded: row b's first `left_pad[b]` slots are padding that no real token
+    attends to, and its positions start at 0 after them, so every row computes exactly what it
+    would alone. Slots fill from 0 to `max_len` (at most the model's `max_seq_len`).
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        max_len: int,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        left_pad: Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.layers = [
+            LayerKV(
+                self,
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
+            for _ in range(n_layers)
+        ]
+        self.max_len = max_len
+        self.left_pad = left_pad.to(device)  # (B,)
+        self.length = 0  # slots filled so far
+
+    def positions(self, T: int) -> Tensor:
+        """RoPE positions (B, T) of the next T slots: the slot index minus the row's padding."""
+        slots = torch.arange(self.length, self.length + T, device=self.left_pad.device)
+        return (slots[None, :] - self.left_pad[:, None]).clamp(min=0)
+
+    def attention_mask(self, T: int) -> Tensor:
+        """(B, 1, T, L+T): the next T slots see earlier and own slots, never a row's padding.
+
+        A padding slot also sees itself, so no softmax row is empty (its output is never read).
+        """
+        slots = torch.arange(self.length + T, device=self.left_pad.device)  # keys (L+T,)
+        query = slots[self.length :, None]  # (T, 1)
+        causal = slots[None, :] <= query  # (T, L+T)
+        real = slots[None, :] >= self.left_pad[:, None]  # (B, L+T)
+        mask = (causal[None] & real[:, None, :]) | (slots[None, :] == query)[None]
+        return mask[:, None]  # (B, 1, T, L+T)
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only `rows` (indices into the batch), e.g. those that have not finished yet."""
+        for layer in self.layers:
+            layer.keys = layer.keys[rows]
+            layer.values = layer.values[rows]
+        self.left_pad = self.left_pad[rows]
+
+
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads (n_kv_heads divides n_heads).
 
@@ -235,9 +313,18 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, documents: Documents | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        documents: Documents | None = None,
+        kv: tuple[LayerKV, Tensor] | None = None,
     ) -> Tensor:
-        """Attend causally, or, given packed `documents`, within each document only."""
+        """Attend causally, or, given packed `documents`, within each document only.
+
+        Given `kv` (this layer's cache and the step's attention mask, see `KVCache`), x holds only
+        the new tokens: their keys and values join the cache and they attend to all of it.
+        """
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H, Hd)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, K, Hd)
@@ -246,7 +333,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Hd), (B, K, T, Hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attend(q, k, v, documents)
+        if kv is None:
+            y = attend(q, k, v, documents)
+        else:
+            layer_kv, mask = kv
+            k, v = layer_kv.extend(k, v)  # (B, K, L+T, Hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, H, T, Hd) -> (B, T, H*Hd)
         return self.o_proj(y)  # (B, T, D)
 
@@ -296,9 +388,14 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(dim, hidden_dim)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, documents: Documents | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        documents: Documents | None = None,
+        kv: tuple[LayerKV, Tensor] | None = None,
     ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, documents)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, documents, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -361,7 +458,10 @@ class Decoder(nn.Module):
         tokens: Tensor,
         position_ids: Tensor | None = None,
         document_ids: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
+        if cache is not None:
+            return self._forward_cached(tokens, cache)
         T = tokens.shape[1]
         x = self.embed_tokens(tokens)  # (B, T, D)
         # Cast to the activation dtype, as HF does; the tables themselves are computed in fp32.
@@ -376,6 +476,19 @@ class Decoder(nn.Module):
                 x = checkpoint(layer, x, cos, sin, documents, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, documents)
+        return self.norm(x)  # (B, T, D)
+
+    def _forward_cached(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """The new tokens' hidden states (B, T, D); their keys and values join `cache`."""
+        T = tokens.shape[1]
+        x = self.embed_tokens(tokens)  # (B, T, D)
+        positions = cache.positions(T)  # (B, T)
+        cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (B, 1, T, Hd)
+        mask = cache.attention_mask(T)  # (B, 1, T, L+T)
+        for layer, layer_kv in zip(self.layers, cache.layers, strict=True):
+            x = layer(x, cos, sin, None, (layer_kv, mask))
+        cache.length += T
         return self.norm(x)  # (B, T, D)
 
 
@@ -489,20 +602,34 @@ class Transformer(nn.Module):
         *,
         position_ids: Tensor | None = None,
         document_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> Tensor:
         """Return logits (B, T, V) for token ids (B, T); position t sees tokens 0..t only.
 
         Packed rows (`runtime.data.collate.packed_collate`) pass `position_ids` (B, T), which
         restart at 0 with every document, and `document_ids` (B, T), which confine attention to
         each document: every document then gets exactly the logits it would get alone.
+
+        Decoding passes a `cache` (`new_kv_cache`) instead: `tokens` are then only the tokens
+        after those already in the cache, whose positions and padding the cache knows.
+        `logits_to_keep=n` computes the logits of the last n positions only (B, n, V), which
+        spares decoding a (B, T, V) tensor for a long prompt and a large vocabulary.
         """
         if tokens.ndim != 2:
             raise ValueError(f"expected token ids of shape (B, T), got {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.max_seq_len:
+        seen = 0 if cache is None else cache.length
+        limit = self.max_seq_len if cache is None else cache.max_len
+        if seen + tokens.shape[1] > limit:
             raise ValueError(
-                f"sequence length {tokens.shape[1]} exceeds max_seq_len {self.max_seq_len}"
+                f"sequence length {seen + tokens.shape[1]} exceeds "
+                f"{'max_seq_len' if cache is None else 'the cache max_len'} {limit}"
             )
-        x = self.model(tokens, position_ids, document_ids)  # (B, T, D)
+        if cache is not None and (position_ids is not None or document_ids is not None):
+            raise ValueError("a cached forward takes its positions from the cache")
+        x = self.model(tokens, position_ids, document_ids, cache)  # (B, T, D)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:]  # (B, n, D)
         if self.lm_head is None:
             return F.linear(x, self.model.embed_tokens.weight)  # (B, T, V)
         return self.lm_head(x)  # (B, T, V)
@@ -517,6 +644,27 @@ class Transformer(nn.Module):
     def output_weight(self) -> Tensor:
         """The output projection's weight (V, D): `lm_head`'s, or the tied embeddings'."""
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def new_kv_cache(self, left_pad: Sequence[int], max_len: int) -> KVCache:
+        """An empty cache for decoding len(left_pad) rows into at most `max_len` slots.
+
+        `left_pad[b]` is how many padding tokens start row b (see `KVCache`). Keys and values
+        take the dtype and device of the embeddings.
+        """
+        if max_len > self.max_seq_len:
+            raise ValueError(f"cache max_len {max_len} exceeds max_seq_len {self.max_seq_len}")
+        args = self.build_args
+        weight = self.model.embed_tokens.weight
+        return KVCache(
+            batch_size=len(left_pad),
+            max_len=max_len,
+            n_layers=args["n_layers"],
+            n_kv_heads=args["n_kv_heads"],
+            head_dim=args["head_dim"],
+            left_pad=torch.tensor(list(left_pad), dtype=torch.long),
+            dtype=weight.dtype,
+            device=weight.device,
+        )
 
 
 def llama(

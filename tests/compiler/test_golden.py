@@ -99,9 +99,10 @@ METHOD_NAMES = {
     "dora": {"use_dora"},
     "qlora": {"quantize_base_weights"},
     "dpo": {"sequence_logps", "preference_metrics", "preference_collate"},
-    "dpo_lora": {"disable_adapters"},
+    "dpo_lora": {"disable_adapters"},  # DPO's reference, also GRPO's when grpo.beta > 0
     "dpo_full": {"reference_model", "deepcopy"},
     "kd": {"teacher_model", "kd_loss_fn", "kd_weight"},
+    "grpo": {"sample", "repeat_for_groups", "token_logps", "prompt_collate", "make_rollout"},
 }
 
 
@@ -109,15 +110,16 @@ def _features(spec: dict) -> set[str]:
     """Which entries of METHOD_NAMES the spec's recipe needs."""
     method = spec["method"]
     section = spec.get(method) or {}
-    default_lora = {"dpo": True, "kd": "lora" in spec}  # kd: LoRA when the spec has a lora section
+    # kd and grpo: LoRA when the spec has a lora section
+    default_lora = {"dpo": True, "kd": "lora" in spec, "grpo": "lora" in spec}
     adapters = method in ("lora", "dora", "qlora") or section.get(
         "use_lora", default_lora.get(method, False)
     )
     dora = method == "dora" or (adapters and (spec.get("lora") or {}).get("use_dora", False))
     features = {"lora"} if adapters else set()
     features |= {"dora"} if dora else set()
-    features |= {method} & {"qlora", "dpo", "kd"}
-    if method == "dpo":
+    features |= {method} & {"qlora", "dpo", "kd", "grpo"}
+    if method == "dpo" or (method == "grpo" and section.get("beta", 0.0) > 0):
         features.add("dpo_lora" if adapters else "dpo_full")
     return features
 

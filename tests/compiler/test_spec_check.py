@@ -69,7 +69,7 @@ def test_good_spec_validates_with_defaults(write_spec):
         ),
         (
             ("method: lora", "method: lorra"),
-            "spec.yaml:2: method: 'lorra' is not one of full, lora, dora, qlora, dpo, kd; did you mean 'lora'?",
+            "spec.yaml:2: method: 'lorra' is not one of full, lora, dora, qlora, dpo, kd, grpo; did you mean 'lora'?",
         ),
         (
             ("model: tiny", "model: tinyy"),
