@@ -1073,6 +1073,15 @@ CASES: dict[str, Case] = {
         ["new", "-s", "spec.yaml"],
         "method: grpo needs reward:",
     ),
+    "spec_grpo_with_validation_data": Case(
+        "spec",
+        _grpo(
+            "return [1.0] * len(completions)",
+            GRPO_SPEC.replace("max_seq_len: 64}", "max_seq_len: 64, val_split: 0.5}"),
+        ),
+        ["new", "-s", "spec.yaml"],
+        "data.val_split: method: grpo has no validation pass yet",
+    ),
     "grpo_reward_wrong_length": Case(
         "config",
         _grpo("return [1.0]"),
