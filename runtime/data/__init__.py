@@ -26,7 +26,7 @@ from tunegen.runtime.data.jsonl import (
 )
 from tunegen.runtime.data.packing import PackedDataset, PackSampler, best_fit_decreasing
 from tunegen.runtime.data.preference import PreferenceDataset, preference_collate
-from tunegen.runtime.data.sampler import LengthBucketSampler, ResumableSampler
+from tunegen.runtime.data.sampler import LengthBucketSampler, ResumableSampler, ShardedSampler
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
 from tunegen.runtime.data.text import TextDataset
 
@@ -47,6 +47,7 @@ __all__ = [
     "PreferenceDataset",
     "PromptTemplate",
     "ResumableSampler",
+    "ShardedSampler",
     "Segment",
     "TextDataset",
     "best_fit_decreasing",
