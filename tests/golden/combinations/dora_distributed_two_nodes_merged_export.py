@@ -2,6 +2,8 @@
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/dora_distributed_two_nodes_merged_export.py [key=value ...]
 #   python generated/dora_distributed_two_nodes_merged_export.py --config generated/dora_distributed_two_nodes_merged_export.yaml [key=value ...]
+#   torchrun --nproc-per-node N <this file> --config <its config> [key=value ...]
+#   (N: distributed.nproc_per_node; tunegen run launches torchrun itself)
 """DoRA fine-tuning: adapters and per-row magnitudes train; the base stays frozen."""
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 # This file is yours to edit. Run it with its config:
 #   tunegen run generated/full_distributed_activation_checkpointing.py [key=value ...]
 #   python generated/full_distributed_activation_checkpointing.py --config generated/full_distributed_activation_checkpointing.yaml [key=value ...]
+#   torchrun --nproc-per-node N <this file> --config <its config> [key=value ...]
+#   (N: distributed.nproc_per_node; tunegen run launches torchrun itself)
 """Full fine-tuning: every weight of the model is trained."""
 
 from __future__ import annotations
