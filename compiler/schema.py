@@ -297,7 +297,9 @@ class DistributedSpec(_Section):
     training.batch_size is per process, so a step trains batch_size x grad_accum x
     nproc_per_node x nnodes samples."""
 
-    nproc_per_node: int = option(2, "processes per machine, one per GPU (torchrun --nproc-per-node)", ge=1)
+    nproc_per_node: int = option(
+        2, "processes per machine, one per GPU (torchrun --nproc-per-node)", ge=1
+    )
     nnodes: int = option(1, "machines (torchrun --nnodes)", ge=1)
     node_rank: int = option(0, "this machine's rank, 0 to nnodes - 1 (torchrun --node-rank)", ge=0)
     rdzv_endpoint: str | None = option(

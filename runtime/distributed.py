@@ -38,8 +38,8 @@ __all__ = [
     "launched_processes",
     "refuse_multiprocess_launch",
     "shard_model",
-    "torchrun_command",
     "sum_across_processes",
+    "torchrun_command",
 ]
 
 

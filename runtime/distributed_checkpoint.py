@@ -207,4 +207,3 @@ def _agree(problem: str | None) -> None:
     dist.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         raise CheckpointError(verdict[0])
-

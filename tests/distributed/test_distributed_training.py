@@ -12,6 +12,7 @@ in one line. The distributed runs are subprocesses (`tunegen run` starts torchru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,7 +37,9 @@ BASE = {
 }
 
 
-def _spec(name: str, method: str, *, batch_size: int, grad_accum: int, distributed: bool) -> dict:
+def _spec(
+    name: str, method: str, *, batch_size: int, grad_accum: int, distributed: bool, **training
+) -> dict:
     spec = {
         "name": name,
         "method": method,
@@ -48,6 +51,7 @@ def _spec(name: str, method: str, *, batch_size: int, grad_accum: int, distribut
             "lr": 2e-3,
             "warmup_steps": 0,
             "device": "cpu",
+            **training,
         },
     }
     if method == "lora":
@@ -57,11 +61,11 @@ def _spec(name: str, method: str, *, batch_size: int, grad_accum: int, distribut
     return spec
 
 
-CASES = {  # name -> (method, grad_accum)
-    "full": ("full", 1),
-    "full_accum": ("full", 2),
-    "lora": ("lora", 1),
-    "lora_accum": ("lora", 2),
+CASES = {  # name -> (method, grad_accum, more training settings)
+    "full": ("full", 1, {}),
+    "full_accum": ("full", 2, {}),
+    "lora": ("lora", 1, {}),
+    "lora_accum": ("lora", 2, {"activation_checkpointing": True}),
 }
 
 
@@ -71,10 +75,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     its single-device twin `<case>_single` (twice the batch size)."""
     root = tmp_path_factory.mktemp("distributed")
     shutil.copytree(SPECS / "data", root / "data")
-    for case, (method, accum) in CASES.items():
+    for case, (method, accum, training) in CASES.items():
         for suffix, batch_size, distributed in (("dist", 2, True), ("single", 4, False)):
             name = f"{case}_{suffix}"
-            spec = _spec(name, method, batch_size=batch_size, grad_accum=accum, distributed=distributed)
+            spec = _spec(
+                name,
+                method,
+                batch_size=batch_size,
+                grad_accum=accum,
+                distributed=distributed,
+                **training,
+            )
             (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
             result = tunegen_in_process("new", "--spec", f"{name}.yaml", cwd=root)
             assert result.returncode == 0, result.stderr
@@ -134,7 +145,8 @@ def test_the_two_ranks_pad_their_batches_to_different_lengths(project: Path) -> 
     for rank in (0, 1):
         sampler = ShardedSampler(len(dataset), rank=rank, world_size=2, seed=0)
         order = list(sampler)[: 2 * STEPS]
-        longest.append([max(len(dataset[i]["tokens"]) for i in order[k : k + 2]) for k in range(0, len(order), 2)])
+        batches = [order[k : k + 2] for k in range(0, len(order), 2)]
+        longest.append([max(len(dataset[i]["tokens"]) for i in batch) for batch in batches])
     assert longest[0] != longest[1]
 
 
@@ -186,10 +198,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_losses(
         time.sleep(0.05)
     workers = _children(launcher.pid)
     for pid in [*workers, launcher.pid]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     launcher.wait()
     for pid in workers:  # started in their own sessions: wait until they are gone
         while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
@@ -212,7 +222,9 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_losses(
     )
     assert other.returncode == 2
     errors = [line for line in other.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "written by 2 processes and this run has 1" in errors[0], other.stderr
+    assert len(errors) == 1 and "written by 2 processes and this run has 1" in errors[0], (
+        other.stderr
+    )
 
 
 def _state(pid: int) -> str:
@@ -289,3 +301,30 @@ def test_torchrun_on_a_single_device_recipe_refuses_in_one_line(project: Path) -
         " regenerate it"
     ], result.stderr
     assert not (project / "runs/refused").exists()
+
+
+def test_the_lora_export_loads_on_one_process_with_the_trained_adapters(
+    project: Path, single_losses: dict
+) -> None:
+    """peft_adapter/ (rank 0) on its base gives the logits of the final sharded checkpoint's
+    adapters on the same base."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from tunegen.runtime import load_model
+    from tunegen.runtime.lora import apply_lora
+    from tunegen.runtime.peft_export import load_peft_adapter
+
+    run = project / "runs" / "lora_dist"
+    if not (run / "peft_adapter").is_dir():
+        _trained(project, "lora_dist")
+    dcp_to_torch_save(run / f"step_{STEPS:06d}", project / "lora.pt")
+    adapters = torch.load(project / "lora.pt", weights_only=True)["weights"]
+    cfg = yaml.safe_load((project / "generated" / "lora_dist.yaml").read_text())["lora"]
+    from_checkpoint = load_model(run / "peft_adapter" / "base_model")
+    apply_lora(from_checkpoint, targets=cfg["targets"], rank=cfg["rank"], alpha=cfg["alpha"])
+    from_checkpoint.load_state_dict(adapters, strict=False)
+    exported = load_model(run / "peft_adapter" / "base_model")
+    load_peft_adapter(exported, run / "peft_adapter")
+    tokens = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(tokens), from_checkpoint(tokens), rtol=0, atol=1e-6)
