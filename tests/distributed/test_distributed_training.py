@@ -29,7 +29,7 @@ from helpers import SPECS, TUNEGEN, losses, tunegen_in_process
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 5
 BASE = {
     "model": "tiny",
     "data": {"path": "data/demo_train.jsonl", "max_seq_len": 64},
