@@ -88,6 +88,13 @@ class FullFinetuneRecipe:
         self.loss_fn = instantiate(self.cfg.loss)
         # Sharded checkpoints: each rank saves and loads its part.
         self.checkpointer.attach(self.model, self.optimizer)
+        world_size = self.processes.world_size
+        per_step = (
+            self.cfg.dataloader.batch_size * self.cfg.training.grad_accum * world_size
+        )
+        self.metric_logger.log_text(
+            f"{world_size} processes: {per_step} samples per step in all"
+        )
         self.load_checkpoint()
 
     def _setup_data(self) -> DataLoader:
