@@ -42,6 +42,11 @@ SPECS = {
         "data: {path: data/demo_preference.jsonl, format: preference}\n"
     ),
     "distil": ("name: distil\nmethod: kd\nmodel: ckpt\n" + DATA + "kd: {teacher: ckpt}\n"),
+    "dist": (
+        "name: dist\nmethod: full\nmodel: tiny\n"
+        + DATA
+        + "distributed: {nproc_per_node: 2, nnodes: 2, rdzv_endpoint: 'node0:29500'}\n"
+    ),
 }
 
 

@@ -28,6 +28,7 @@ from tunegen.compiler.cli.app import (
 )
 from tunegen.runtime.config import apply_overrides, load_config
 from tunegen.runtime.errors import TunegenError
+from tunegen.runtime.launch import load_recipe_config
 
 __all__ = ["run"]
 
@@ -113,7 +114,7 @@ def run(
     flags = {key: value for key, value in flags.items() if value is not None}
     launch = launch_settings(recipe, config, overrides, flags)
     if launch is not None:
-        overrides = [*overrides, *(f"distributed.{key}={value}" for key, value in flags.items())]
+        overrides = [*overrides, *_as_overrides(flags)]
     argv = ["--config", str(config), *overrides]
     if debug_enabled():
         argv.append("--debug")
@@ -129,7 +130,12 @@ def launch_settings(
 ) -> dict[str, Any] | None:
     """The run's launch (processes, nodes, rendezvous) when its config has a `distributed`
     section, the flags overriding it; None for a single-device recipe (refused with flags)."""
-    cfg = apply_overrides(load_config(config), overrides)
+    try:
+        cfg = apply_overrides(load_config(config), overrides)
+    except TunegenError:
+        if flags:
+            raise
+        return None  # the recipe reports it, as it reports every config problem
     section = cfg.get("distributed")
     if section is None:
         if flags:
@@ -139,7 +145,11 @@ def launch_settings(
                 " section); add distributed: to its spec and regenerate it"
             )
         return None
-    launch = {key: section.get(key) for key in _LAUNCH_FLAGS} | flags
+    # The whole pre-flight the recipe runs, before any process starts.
+    cfg = load_recipe_config(
+        ["--config", str(config), *overrides, *_as_overrides(flags)], recipe_file=recipe
+    )
+    launch = {key: cfg.distributed[key] for key in _LAUNCH_FLAGS}
     if launch["nnodes"] > 1 and not launch["rdzv_endpoint"]:
         raise TunegenError(
             f"--rdzv-endpoint: a run on {launch['nnodes']} nodes needs the rendezvous HOST:PORT"
@@ -152,6 +162,11 @@ def launch_settings(
         )
     _check_gpus(str(cfg.get("environment", {}).get("device", "auto")), launch["nproc_per_node"])
     return launch
+
+
+def _as_overrides(flags: dict[str, Any]) -> list[str]:
+    """Launch flags as the config overrides that tell the recipe how it was launched."""
+    return [f"distributed.{key}={value}" for key, value in flags.items()]
 
 
 def _check_gpus(device: str, nproc_per_node: int) -> None:
@@ -173,6 +188,7 @@ def launch_distributed(recipe: Path, argv: list[str], launch: dict[str, Any]) ->
     """Run `recipe argv` on every process of this node through `torch.distributed.run` and
     return the exit status: 0, or the first failed process's own status (rank 0 has printed
     why), so a user error still exits 2."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -193,4 +209,6 @@ def launch_distributed(recipe: Path, argv: list[str], launch: dict[str, Any]) ->
     except ChildFailedError as failed:
         _, first = failed.get_first_failure()
         return first.exitcode if first.exitcode > 0 else 1
+    except SignalException as stopped:  # Ctrl-C / SIGTERM: passed on to every process, which
+        return 128 + int(stopped.sigval)  # saved at the end of its step and printed the resume
     return 0

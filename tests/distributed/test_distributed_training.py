@@ -328,3 +328,34 @@ def test_the_lora_export_loads_on_one_process_with_the_trained_adapters(
     tokens = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(exported(tokens), from_checkpoint(tokens), rtol=0, atol=1e-6)
+
+
+def test_sigterm_to_the_launcher_saves_on_every_rank_and_resumes(
+    project: Path, single_losses: dict
+) -> None:
+    """torchrun passes SIGTERM on to both processes; they agree to stop after the same step,
+    save it together, and `tunegen run` exits 143; resume=auto finishes with the same losses."""
+    name, out = "full_dist", "runs/sigterm"
+    command = [*TUNEGEN, "run", f"generated/{name}.py", f"checkpointer.output_dir={out}"]
+    launcher = subprocess.Popen(
+        command,
+        cwd=project,
+        env={**os.environ, "CI": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = project / out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and losses(metrics)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143, err[-3000:]
+    saved = sorted(path.name for path in (project / out).glob("step_*"))
+    assert len(saved) == 1 and saved[0] != f"step_{STEPS:06d}", saved
+    resumed = _run(
+        project, f"generated/{name}.py", f"checkpointer.output_dir={out}", "training.resume=auto"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_losses(losses(metrics), single_losses["full"])
