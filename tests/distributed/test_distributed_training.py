@@ -122,9 +122,21 @@ def _assert_same_losses(got: dict[int, float], want: dict[int, float]) -> None:
         assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
 
 
+class _SingleRuns(dict):
+    """case -> losses of its single-device twin, each trained once, when first asked for."""
+
+    def __init__(self, project: Path) -> None:
+        super().__init__()
+        self.project = project
+
+    def __missing__(self, case: str) -> dict[int, float]:
+        self[case] = _trained(self.project, f"{case}_single")
+        return self[case]
+
+
 @pytest.fixture(scope="module")
 def single_losses(project: Path) -> dict[str, dict[int, float]]:
-    return {case: _trained(project, f"{case}_single") for case in CASES}
+    return _SingleRuns(project)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
