@@ -19,6 +19,7 @@ from tunegen.compiler.parse import ParsedSpec
 from tunegen.compiler.schema import (
     CheckpointSpec,
     DataSpec,
+    DistributedSpec,
     DpoSpec,
     EvalSpec,
     GrpoSpec,
@@ -213,6 +214,8 @@ def chunks_loss(spec: Spec) -> bool:
     as they were (on CPU, torchtune's chunked loss measured 6-19% slower)."""
     if spec.method in ("dpo", "kd", "grpo"):  # their losses read the whole logits
         return False
+    if spec.distributed is not None:  # FSDP2 gathers the output weight only in forward()
+        return False
     chunked = spec.training.chunked_loss
     return spec.training.device.startswith("cuda") if chunked == "auto" else chunked
 
@@ -225,13 +228,19 @@ def _features(spec: Spec, objective: str, adapters: bool) -> tuple[str, ...]:
     exports_full_model = checkpoint.export_hf and not adapters
     exports_adapter = checkpoint.export_hf and adapters
     exports_merged_model = exports_adapter and checkpoint.export_merged
+    distributed = spec.distributed is not None
     chosen = {
         "activation_checkpointing": training.activation_checkpointing,
         "quantization": spec.method == "qlora",
         "adapters": adapters,
         "compile": training.compile,  # after the adapters: the blocks compile with them
         "full_weights": not adapters,
-        "samples": not (spec.data.packed or spec.data.bucket_by_length or token_budget),
+        # After the adapters (the model is sharded with them), before clipping (which needs
+        # the gradients of the global batch); it brings its own sampler.
+        "distributed": distributed,
+        "samples": not (
+            spec.data.packed or spec.data.bucket_by_length or token_budget or distributed
+        ),
         "length_buckets": spec.data.bucket_by_length,
         "packed": spec.data.packed,
         "token_budget": token_budget,
@@ -386,7 +395,36 @@ def _config_sections(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[
             ),
         ),
     ]
+    if spec.distributed is not None:
+        sections.append(
+            Section(
+                "distributed",
+                "processes and FSDP2 sharding; tunegen run launches them through torchrun",
+                _distributed_items(spec.distributed),
+            )
+        )
     return tuple(sections)
+
+
+def _checkpointer_class(spec: Spec) -> str:
+    if spec.distributed is not None:
+        return "tunegen.runtime.distributed_checkpoint.DistributedCheckpointer"
+    return "tunegen.runtime.checkpointing.Checkpointer"
+
+
+def _distributed_items(distributed: DistributedSpec) -> tuple[Entry, ...]:
+    """The launch (read by tunegen run and checked by the recipe) and the FSDP2 options."""
+    return tuple(
+        Entry(key, getattr(distributed, key), doc_of(DistributedSpec, key))
+        for key in (
+            "nproc_per_node",
+            "nnodes",
+            "node_rank",
+            "rdzv_endpoint",
+            "reshard_after_forward",
+            "cpu_offload",
+        )
+    )
 
 
 def _logging_items(logging: LoggingSpec) -> tuple[Entry | Section, ...]:
@@ -614,7 +652,7 @@ def _export_items(spec: Spec, parsed: ParsedSpec, config_dir: Path) -> tuple[Ent
 def _checkpointer_items(spec: Spec, output_dir: str) -> tuple[Entry, ...]:
     checkpoint = spec.checkpoint
     items = (
-        _component("tunegen.runtime.checkpointing.Checkpointer"),
+        _component(_checkpointer_class(spec)),
         Entry("output_dir", output_dir, "run directory, relative to this file"),
         Entry("keep_last", checkpoint.keep_last, doc_of(CheckpointSpec, "keep_last")),
     )

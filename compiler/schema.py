@@ -40,6 +40,7 @@ __all__ = [
     "SCHEMA_FILE",
     "CheckpointSpec",
     "DataSpec",
+    "DistributedSpec",
     "DpoSpec",
     "EvalSpec",
     "GrpoSpec",
@@ -411,6 +412,30 @@ class ProfilerSpec(_Section):
     active_steps: int = option(3, "steps recorded", ge=1)
 
 
+class DistributedSpec(_Section):
+    """Several processes (GPUs, or CPU processes with gloo), the model sharded with FSDP2;
+    training.batch_size is per process, so a step trains batch_size x grad_accum x
+    nproc_per_node x nnodes samples."""
+
+    nproc_per_node: int = option(
+        2, "processes per machine, one per GPU (torchrun --nproc-per-node)", ge=1
+    )
+    nnodes: int = option(1, "machines (torchrun --nnodes)", ge=1)
+    node_rank: int = option(0, "this machine's rank, 0 to nnodes - 1 (torchrun --node-rank)", ge=0)
+    rdzv_endpoint: str | None = option(
+        None, "host:port of the c10d rendezvous, needed with nnodes > 1 (torchrun --rdzv-endpoint)"
+    )
+    strategy: Literal["fsdp"] = option(
+        "fsdp", "fsdp: FSDP2 fully_shard, weights, gradients and optimizer state sharded"
+    )
+    reshard_after_forward: bool = option(
+        True, "free each block's gathered weights after forward: less memory, one more all-gather"
+    )
+    cpu_offload: bool = option(
+        False, "keep the shards and optimizer state in CPU memory (CUDA runs; slower)"
+    )
+
+
 class Spec(_Section):
     """A tunegen spec: what to fine-tune, on what, and how."""
 
@@ -443,6 +468,9 @@ class Spec(_Section):
     logging: LoggingSpec = option(LoggingSpec(), "metrics")
     eval: EvalSpec | None = option(None, "held-out exact-match evaluation (null: none)")
     profiler: ProfilerSpec | None = option(None, "profile a few steps (null: no profiling)")
+    distributed: DistributedSpec | None = option(
+        None, "train on several processes with FSDP2 (null: one device)"
+    )
 
 
 CONFIG_KEYS: dict[str, str] = {
@@ -516,6 +544,12 @@ CONFIG_KEYS: dict[str, str] = {
     "optimizer.fused": "training.fused_optimizer",
     "training.tokens_per_batch": "training.tokens_per_batch",
     "environment.seed": "training.seed",
+    "distributed.nproc_per_node": "distributed.nproc_per_node",
+    "distributed.nnodes": "distributed.nnodes",
+    "distributed.node_rank": "distributed.node_rank",
+    "distributed.rdzv_endpoint": "distributed.rdzv_endpoint",
+    "distributed.reshard_after_forward": "distributed.reshard_after_forward",
+    "distributed.cpu_offload": "distributed.cpu_offload",
 }
 """Each generated-config key that holds a spec value, and the spec key it comes from.
 
@@ -568,6 +602,8 @@ FOREIGN_NAMES: dict[str, str] = {
     "num_warmup_steps": "training.warmup_steps",
     "log_every_n_steps": "logging.every_n_steps",
     "enable_activation_checkpointing": "training.activation_checkpointing",
+    "nproc_per_node": "distributed.nproc_per_node",
+    "num_processes": "distributed.nproc_per_node",
 }
 """Names users bring from HF Trainer, axolotl and torchtune, and the spec key each one means."""
 

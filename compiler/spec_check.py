@@ -136,6 +136,8 @@ def _check_rules(spec: Spec, parsed: ParsedSpec, problems: list[Problem]) -> Non
     _check_files(spec, parsed, problem)
     _check_logging_backends(spec, problem)
     _check_speed_features(spec, problem)
+    if spec.distributed is not None:
+        _check_distributed(spec, problem)
 
 
 def _check_speed_features(spec: Spec, problem: Any) -> None:
@@ -217,6 +219,74 @@ def _check_validation(spec: Spec, problem: Any) -> None:
             problem(f"training.{key}", needs)
     if spec.checkpoint.keep_best is not None:
         problem("checkpoint.keep_best", needs)
+
+
+# Why a part of a spec cannot run on several processes (yet), by the key that asks for it.
+_NOT_DISTRIBUTED = {
+    "qlora": "FSDP2 does not shard torchao's NF4 base weights here; use method: lora",
+    "dpo": "its reference model is not sharded yet",
+    "kd": "its teacher model is not sharded yet",
+    "data.packed": "distributed runs shard samples with their own sampler; remove data.packed",
+    "data.bucket_by_length": "distributed runs shard samples with their own sampler; remove"
+    " data.bucket_by_length",
+    "grpo": "its sampling and reference model are not sharded yet",
+    "eval": "generation runs on one device; evaluate the exported model instead",
+    "profiler": "profile a single-device run instead",
+    "data.val_path": "validation is not sharded yet; run tunegen eval on the exported model",
+    "data.val_split": "validation is not sharded yet; run tunegen eval on the exported model",
+    "training.tokens_per_batch": "distributed runs shard samples with their own sampler; remove"
+    " training.tokens_per_batch",
+    "training.compile": "compiling sharded blocks is not tested yet; remove training.compile",
+    "training.optimizer_in_bwd": "FSDP2 reduces gradients after backward(); remove"
+    " training.optimizer_in_bwd",
+    "training.chunked_loss": "the output projection is sharded; set training.chunked_loss: auto",
+}
+
+
+def _check_distributed(spec: Spec, problem: Any) -> None:
+    """The launch settings fit together, and the spec asks only for what runs distributed."""
+    distributed = spec.distributed
+    if distributed.node_rank >= distributed.nnodes:
+        problem(
+            "distributed.node_rank",
+            f"{distributed.node_rank} is not below distributed.nnodes ({distributed.nnodes})",
+        )
+    if distributed.nnodes > 1 and distributed.rdzv_endpoint is None:
+        problem(
+            "distributed.rdzv_endpoint",
+            "needed with distributed.nnodes > 1: host:port of the rendezvous (e.g. the"
+            " node_rank 0 machine, node0:29500)",
+        )
+    elif distributed.rdzv_endpoint is not None and not re.fullmatch(
+        r"[^\s:]+:\d+", distributed.rdzv_endpoint
+    ):
+        problem(
+            "distributed.rdzv_endpoint",
+            f"{distributed.rdzv_endpoint!r} is not host:port (e.g. node0:29500)",
+        )
+    if spec.training.device not in ("auto", "cpu", "cuda"):
+        problem(
+            "training.device",
+            f"{spec.training.device!r} cannot be shared by several processes; use auto, cuda"
+            " (each process takes the GPU of its local rank) or cpu",
+        )
+    if spec.method in _NOT_DISTRIBUTED:
+        problem("method", f"{spec.method} cannot run distributed: {_NOT_DISTRIBUTED[spec.method]}")
+    asked = {
+        "data.packed": spec.data.packed,
+        "data.bucket_by_length": spec.data.bucket_by_length,
+        "eval": spec.eval is not None,
+        "profiler": spec.profiler is not None,
+        "data.val_path": spec.data.val_path is not None,
+        "data.val_split": spec.data.val_split is not None,
+        "training.tokens_per_batch": spec.training.tokens_per_batch is not None,
+        "training.compile": spec.training.compile,
+        "training.optimizer_in_bwd": spec.training.optimizer_in_bwd,
+        "training.chunked_loss": spec.training.chunked_loss is True,
+    }
+    for key, on in asked.items():
+        if on:
+            problem(key, f"cannot run distributed: {_NOT_DISTRIBUTED[key]}")
 
 
 def _check_logging_backends(spec: Spec, problem: Any) -> None:

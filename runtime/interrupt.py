@@ -63,7 +63,12 @@ class StopOnSignal:
         return self.signum is not None
 
     def check(self, step: int) -> None:
-        """After an optimizer step: if a signal came, save, print how to resume and exit."""
+        """After an optimizer step: if a signal came, save, print how to resume and exit.
+
+        In a multi-process run the processes agree first (one all-reduce): a signal that
+        reached any of them stops all of them after the same step, so they save together.
+        """
+        self.signum = _agreed(self.signum)
         if self.signum is not None:
             self._stop(step)
 
@@ -101,3 +106,17 @@ class StopOnSignal:
             flush=True,
         )
         sys.exit(128 + self.signum)
+
+
+def _agreed(signum: int | None) -> int | None:
+    """The signal any process of a multi-process (torchrun) run received, else None; in a
+    single process, `signum` itself."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return signum
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([signum or 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None

@@ -18,6 +18,7 @@ from typing import NoReturn
 from omegaconf import DictConfig
 
 from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_args
+from tunegen.runtime.distributed import is_main_process, refuse_multiprocess_launch
 from tunegen.runtime.errors import ConfigError, TunegenError
 from tunegen.runtime.interrupt import raise_on_sigterm
 from tunegen.runtime.preflight import check_config, format_problems
@@ -37,6 +38,8 @@ def load_recipe_config(argv: Sequence[str], *, recipe_file: str | Path) -> DictC
     config_path, overrides = parse_recipe_args(argv)
     record_invocation(_typed_recipe(recipe_file), config_path, overrides)
     cfg = apply_overrides(load_config(config_path), overrides)
+    if "distributed" not in cfg:  # torchrun started copies of a single-device recipe
+        refuse_multiprocess_launch(Path(recipe_file).name)
     source = Path(recipe_file).read_text(encoding="utf-8")
     problems = check_config(cfg, recipe_source=source, recipe_name=Path(recipe_file).name)
     if problems:
@@ -79,6 +82,8 @@ def _typed_recipe(recipe_file: str | Path) -> str:
 
 def report_user_error(error: TunegenError) -> NoReturn:
     """The one way a user error ends tunegen, in `tunegen` and in a recipe run alike: one line
-    `error: ...` on stderr (a list of located problems, one per line) and exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
+    `error: ...` on stderr (a list of located problems, one per line) and exit status 2.
+    In a multi-process run every rank meets the same error; rank 0 alone prints it."""
+    if is_main_process():
+        print(f"error: {error}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)

@@ -51,15 +51,22 @@ class MetricLogger:
         backends: Mapping[str, Backend] | None = None,
     ) -> None:
         self.path = Path(log_dir) / filename
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stdout = stdout
         self.backends = dict(backends or {})
+        # In a multi-process (torchrun) run only rank 0 keeps the log; the others log nothing.
+        self.enabled = int(os.environ.get("RANK", "0")) == 0
+        if not self.enabled:
+            self.backends, self.stdout = {}, False
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one JSON line for `step` (flushed at once) and print it as a compact line."""
         if "step" in metrics:
             raise ValueError("'step' is passed as the step argument, not as a metric")
+        if not self.enabled:
+            return
         values = {name: _number(value) for name, value in metrics.items()}
         record = {"step": step, **{name: _json_value(value) for name, value in values.items()}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
@@ -75,6 +82,8 @@ class MetricLogger:
         """Continue the log at `step` (0: a fresh start): drop records of later steps, rewriting
         the file atomically, and mark a resume (step > 0) with `{"event": "resume", "step": N}`.
         """
+        if not self.enabled:
+            return
         self._file.close()
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if _record_step(line) <= step]
@@ -96,6 +105,8 @@ class MetricLogger:
 
     def close(self) -> None:
         """Close the file and the backends. Safe to call twice."""
+        if not self.enabled:
+            return
         self._file.close()
         for backend in self.backends.values():
             backend.close()

@@ -124,6 +124,17 @@ GOLDEN_ONLY: dict[str, dict[str, Any]] = {
         "reward": [{"function": "specs/grpo_rewards.py:word_overlap", "weight": 2.0}],
         "training": {"on_nonfinite_loss": "skip"},
     },
+    # Distributed recipes run under torchrun (tests/distributed/ trains them).
+    "full_distributed_activation_checkpointing": {
+        "method": "full",
+        "distributed": {"nproc_per_node": 2},
+        "training": {"grad_accum": 2, "activation_checkpointing": True},
+    },
+    "dora_distributed_two_nodes_merged_export": {
+        "method": "dora",
+        "distributed": {"nproc_per_node": 2, "nnodes": 2, "rdzv_endpoint": "node0:29500"},
+        "checkpoint": {"export_merged": True},
+    },
 }
 
 

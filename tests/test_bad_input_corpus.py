@@ -168,6 +168,12 @@ def _trained_recipe(workdir: Path) -> None:
     _call(_compiled())
 
 
+def _distributed_recipe(workdir: Path) -> None:
+    (workdir / "spec.yaml").write_text(SPEC + "distributed: {nproc_per_node: 2}\n")
+    (workdir / "train.jsonl").write_text(INSTRUCT)
+    _call(["new", "--spec", "spec.yaml"])
+
+
 def _broken_resume(workdir: Path) -> None:
     _good_recipe(workdir)
     _call(_compiled("training.max_steps=1"))
@@ -1165,6 +1171,60 @@ CASES: dict[str, Case] = {
         {"held.jsonl": INSTRUCT},
         ["eval", "tiny", "--data", "held.jsonl", "--max-samples", "0"],
         "'--max-samples': Input should be greater than or equal to 1",
+    ),
+    # -- distributed (multi-process) specs and launches ----------------------------------------
+    "spec_distributed_unknown_strategy": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\ndistributed: {strategy: ddp}"),
+        ["new", "-s", "spec.yaml"],
+        "distributed.strategy",
+    ),
+    "spec_distributed_qlora": Case(
+        "spec",
+        _spec_with("method: full", "method: qlora\ndistributed: {nproc_per_node: 2}"),
+        ["new", "-s", "spec.yaml"],
+        "method: qlora cannot run distributed",
+    ),
+    "spec_distributed_packed": Case(
+        "spec",
+        _spec_with("max_seq_len: 64}", "max_seq_len: 64, packed: true}\ndistributed: {}"),
+        ["new", "-s", "spec.yaml"],
+        "data.packed: cannot run distributed",
+    ),
+    "spec_distributed_two_nodes_without_rendezvous": Case(
+        "spec",
+        _spec_with("name: bad", "name: bad\ndistributed: {nnodes: 2}"),
+        ["new", "-s", "spec.yaml"],
+        "distributed.rdzv_endpoint: needed with distributed.nnodes > 1",
+    ),
+    "spec_distributed_node_rank_out_of_range": Case(
+        "spec",
+        _spec_with(
+            "name: bad", "name: bad\ndistributed: {nnodes: 2, node_rank: 2, rdzv_endpoint: h:1}"
+        ),
+        ["new", "-s", "spec.yaml"],
+        "distributed.node_rank: 2 is not below distributed.nnodes (2)",
+    ),
+    "run_single_device_recipe_on_two_processes": Case(
+        "config",
+        {},
+        ["run", "generated/bad.py", "--nproc-per-node", "2"],
+        "--nproc-per-node: generated/bad.py is a single-device recipe",
+        setup=_good_recipe,
+    ),
+    "run_more_processes_than_gpus": Case(
+        "config",
+        {},
+        ["run", "generated/bad.py", "--nproc-per-node", "64", "environment.device=cuda"],
+        "--nproc-per-node: 64 processes per node but",
+        setup=_distributed_recipe,
+    ),
+    "run_two_nodes_without_rendezvous": Case(
+        "config",
+        {},
+        ["run", "generated/bad.py", "--nnodes", "2"],
+        "--rdzv-endpoint: a run on 2 nodes needs the rendezvous HOST:PORT",
+        setup=_distributed_recipe,
     ),
     "spec_unknown_logging_backend": Case(
         "spec",

@@ -53,6 +53,11 @@ SPECS = {
         "data: {path: data/grpo_prompts.jsonl, format: prompts}\n"
         f"reward: ['{(REPO / 'specs' / 'grpo_rewards.py').as_posix()}:exact_match']\n"
     ),
+    "dist": (
+        "name: dist\nmethod: full\nmodel: tiny\n"
+        + DATA
+        + "distributed: {nproc_per_node: 2, nnodes: 2, rdzv_endpoint: 'node0:29500'}\n"
+    ),
 }
 
 

@@ -34,6 +34,7 @@ from tunegen.runtime.data.preference import PreferenceDataset, preference_collat
 from tunegen.runtime.data.sampler import (
     LengthBucketSampler,
     ResumableSampler,
+    ShardedSampler,
     TokenBudgetSampler,
 )
 from tunegen.runtime.data.templates import PROMPT_TEMPLATES, PromptTemplate
@@ -57,6 +58,7 @@ __all__ = [
     "PromptTemplate",
     "ResumableSampler",
     "Segment",
+    "ShardedSampler",
     "TextDataset",
     "TokenBudgetSampler",
     "best_fit_decreasing",

@@ -6,7 +6,13 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["LengthBucketSampler", "ResumableSampler", "TokenBudgetSampler", "epoch_generator"]
+__all__ = [
+    "LengthBucketSampler",
+    "ResumableSampler",
+    "ShardedSampler",
+    "TokenBudgetSampler",
+    "epoch_generator",
+]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -55,6 +61,49 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.dataset_len - self.skip
+
+
+class ShardedSampler(ResumableSampler):
+    """`ResumableSampler` for one of `world_size` processes: every `world_size`-th index of the
+    epoch's one global order, starting at `rank`.
+
+    All ranks draw the same order (it depends only on seed and epoch), and each takes the same
+    number of indices (the last `len % world_size` of the epoch are left out), so the ranks'
+    k-th batches of size B together are exactly the k-th batch of size B x world_size of a
+    single process: the same samples train in the same steps. `skip` counts this rank's
+    indices (steps done x grad_accum x batch size), as the training loop computes it.
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        *,
+        rank: int,
+        world_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dataset_len, shuffle=shuffle, seed=seed)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank = rank
+        self.world_size = world_size
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        """Select the epoch's order and drop this rank's first `skip` indices."""
+        per_rank = self.dataset_len // self.world_size
+        if not 0 <= skip <= per_rank:
+            raise ValueError(f"skip must be between 0 and {per_rank}, got {skip}")
+        self.epoch = epoch
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        usable = self.dataset_len // self.world_size * self.world_size
+        mine = self.order()[self.rank : usable : self.world_size]
+        return iter(mine[self.skip :])
+
+    def __len__(self) -> int:
+        return self.dataset_len // self.world_size - self.skip
 
 
 class LengthBucketSampler(ResumableSampler):

@@ -50,7 +50,9 @@ def test_tunegen_schema_prints_and_writes_it(workdir: Path, capsys) -> None:
 def test_schema_forbids_unknown_keys_and_documents_every_key() -> None:
     schema = json_schema()
     sections = [schema, *schema["$defs"].values()]
-    assert len(sections) == 12  # the spec and its 11 sections (grpo: GrpoSpec, RewardSpec)
+    assert (
+        len(sections) == 13
+    )  # the spec and its 12 sections (grpo: GrpoSpec, RewardSpec; distributed)
     for section in sections:
         assert section["additionalProperties"] is False
         for name, prop in section["properties"].items():
