@@ -1179,6 +1179,28 @@ CASES: dict[str, Case] = {
         ["new", "-s", "spec.yaml"],
         "distributed.strategy",
     ),
+    "spec_distributed_with_validation": Case(
+        "spec",
+        {
+            **_spec_with(
+                "data: {path: train.jsonl, max_seq_len: 64}",
+                "data: {path: train.jsonl, max_seq_len: 64, val_split: 0.5}\n"
+                "distributed: {nproc_per_node: 2}",
+            )
+        },
+        ["new", "-s", "spec.yaml"],
+        "data.val_split: cannot run distributed: validation is not sharded yet",
+    ),
+    "spec_distributed_compile": Case(
+        "spec",
+        _spec_with(
+            "training: {max_steps: 1, batch_size: 1}",
+            "training: {max_steps: 1, batch_size: 1, compile: true}\n"
+            "distributed: {nproc_per_node: 2}",
+        ),
+        ["new", "-s", "spec.yaml"],
+        "training.compile: cannot run distributed",
+    ),
     "spec_distributed_qlora": Case(
         "spec",
         _spec_with("method: full", "method: qlora\ndistributed: {nproc_per_node: 2}"),
