@@ -156,8 +156,8 @@ import torch
 class AbsurdAdamW(torch.optim.AdamW):
     """AdamW at lr=1e30 whatever the config says: it wrecks the weights at the first step."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr=1e30, weight_decay=weight_decay)
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, fused: bool = False) -> None:
+        super().__init__(params, lr=1e30, weight_decay=weight_decay, fused=fused)
 '''
 
 
