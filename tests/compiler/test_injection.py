@@ -67,7 +67,7 @@ def compile_with(tmp_path, column: str, output_dir: str) -> Compiled:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @pytest.mark.slow
 @given(column=nasty, output_dir=nasty)

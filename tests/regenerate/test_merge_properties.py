@@ -95,7 +95,7 @@ edit_kinds = st.sampled_from(["insert", "comment", "replace"])
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @pytest.mark.slow
 @given(data=st.data(), change=st.sampled_from(sorted(SPEC_CHANGES)))
