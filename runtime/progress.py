@@ -208,13 +208,25 @@ def live_line_shown() -> bool:
     return _live is not None
 
 
-def ema(values: list[float], beta: float = SMOOTHING) -> list[float]:
-    """Exponential moving average, started at the first value; non-finite values are skipped."""
+def ema(
+    values: list[float], beta: float = SMOOTHING, steps: list[int] | None = None
+) -> list[float]:
+    """Exponential moving average, started at the first value; non-finite values are skipped.
+
+    `steps` (one per value) are the steps the values were logged at: a value logged N steps
+    after the previous one decays the average by beta**N, so a run logged every 25 steps is
+    smoothed over the same number of steps as one logged every step.
+    """
     out: list[float] = []
     current: float | None = None
-    for value in values:
+    last_step: int | None = None
+    for index, value in enumerate(values):
         if math.isfinite(value):
-            current = value if current is None else beta * current + (1 - beta) * value
+            decay = beta
+            if steps is not None and last_step is not None:
+                decay = beta ** max(steps[index] - last_step, 1)
+            current = value if current is None else decay * current + (1 - decay) * value
+            last_step = steps[index] if steps is not None else None
         out.append(current if current is not None else math.nan)
     return out
 

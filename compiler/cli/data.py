@@ -102,8 +102,8 @@ def _validation_note(cfg: DictConfig, samples: int) -> str:
         training, validation = split_sizes(samples, fraction)
         return (
             f"validation: {validation:,} of these {samples:,} samples are held out "
-            f"(dataloader.val_split {fraction:g}); {training:,} train"
+            f"({fraction * 100:g}%, chosen by the seed); {training:,} train"
         )
     if "val_dataset" in cfg:
-        return f"validation: {cfg.val_dataset.source} (val_dataset)"
+        return f"validation: the samples of {cfg.val_dataset.source}"
     return ""

@@ -171,6 +171,8 @@ def _chat(loaded: LoadedModel, fmt: ChatFormat, options: dict) -> None:
             return
         if not line.strip():
             continue
+        if not interactive:  # a piped session: show each turn, so the transcript reads
+            typer.echo(f"> {line.rstrip()}")
         messages.append({"role": "user", "content": line.rstrip("\n")})
         reply = _answer(loaded, fmt.prompt_ids(messages), fmt.stops, options)
         messages.append({"role": "assistant", "content": reply})
@@ -186,8 +188,9 @@ def _answer(loaded: LoadedModel, ids: list[int], stops: set[int], options: dict)
         pieces.append(piece)
         typer.echo(piece, nl=False)
         sys.stdout.flush()
-    typer.echo("")
-    return "".join(pieces)
+    text = "".join(pieces)
+    typer.echo("" if text.strip() else "(empty reply: the model ended its turn at once)")
+    return text
 
 
 def stream_text(tokenizer: Tokenizer, tokens: Iterator[int]) -> Iterator[str]:

@@ -92,7 +92,12 @@ def plot_runs(runs: dict[str, list[dict[str, float]]], output: Path) -> None:
         color = f"C{index}"
         loss_steps, losses = _series(records, "loss")
         loss_ax.plot(loss_steps, losses, color=color, alpha=0.3, linewidth=1)
-        loss_ax.plot(loss_steps, ema(losses), color=color, label=f"{label} train (smoothed)")
+        loss_ax.plot(
+            loss_steps,
+            ema(losses, steps=loss_steps),
+            color=color,
+            label=f"{label} train (smoothed)",
+        )
         val_steps, vals = _series(records, "val_loss")
         if val_steps:
             loss_ax.plot(val_steps, vals, "o--", color=color, label=f"{label} validation")

@@ -185,3 +185,12 @@ def test_metric_logger_hands_records_to_its_backends(tmp_path: Path) -> None:
     logger.log(1, {"loss": 2.5, "tokens": 3})
     logger.close()
     assert recorder.calls == [("start_at", 0), ("log", 1, {"loss": 2.5, "tokens": 3}), ("close",)]
+
+
+def test_ema_of_sparse_logs_decays_by_the_step_gap() -> None:
+    # Logged every 25 steps: each point weighs as 25 per-step points of that value would.
+    assert ema([4.0, 2.0], beta=0.9, steps=[25, 50]) == pytest.approx(
+        [4.0, 0.9**25 * 4.0 + (1 - 0.9**25) * 2.0]
+    )
+    per_step = ema([4.0] + [2.0] * 25, beta=0.9)
+    assert ema([4.0, 2.0], beta=0.9, steps=[0, 25])[-1] == pytest.approx(per_step[-1])
