@@ -117,6 +117,24 @@ def test_ls_and_cp(workdir):
     assert tunegen("cp", "nope", "x.yaml").returncode == 2
 
 
+def test_cp_makes_every_file_reference_absolute(workdir):
+    """The copy lives elsewhere: validation data, reward files and a model dir given as a path
+    must still point at the built-in spec's files."""
+    assert tunegen("cp", "demo", "demo.yaml").returncode == 0
+    assert tunegen("validate", "demo.yaml").returncode == 0
+    demo = yaml.safe_load(Path("demo.yaml").read_text())
+    assert Path(demo["data"]["val_path"]).is_absolute()
+    assert tunegen("cp", "grpo", "grpo.yaml").returncode == 0
+    grpo = yaml.safe_load(Path("grpo.yaml").read_text())
+    assert Path(grpo["model"]).is_absolute()
+    rewards = [r if isinstance(r, str) else r["function"] for r in grpo["reward"]]
+    assert len(rewards) == 2
+    for reference in rewards:
+        path, _, function = reference.rpartition(":")
+        assert Path(path).is_absolute() and Path(path).is_file(), reference
+        assert function in {"exact_match", "word_overlap"}
+
+
 TEXT_SPEC = """\
 name: text_recipe
 method: full
