@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import ConfigError
+
+# How long ranks > 0 of a refused launch wait before exiting (torchrun ends the rest at once).
+_QUIET_RANK_DELAY_S = 5.0
 
 __all__ = [
     "Processes",
@@ -78,6 +82,9 @@ def refuse_multiprocess_launch(recipe_name: str) -> None:
     if world_size <= 1:
         return
     if not is_main_process():
+        # torchrun stops every process once one fails: let rank 0 fail first, so its line is
+        # printed before the launcher ends it.
+        time.sleep(_QUIET_RANK_DELAY_S)
         sys.exit(2)
     raise ConfigError(
         f"{recipe_name} is a single-device recipe but was launched as {world_size} processes"
