@@ -381,6 +381,10 @@ def main() -> None:
     parser.add_argument(
         "--peers", nargs="+", default=["tunegen", "torchtune", "hf"], help="whose cells to run"
     )
+    parser.add_argument(
+        "--cells", nargs="+", metavar="TEXT",
+        help="run only the cells whose name contains one of these (e.g. 'packed' 'torchtune')",
+    )  # fmt: skip
     args = parser.parse_args()
     shape, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
     work = args.work / ("quick" if args.quick else "full")
@@ -395,6 +399,8 @@ def main() -> None:
     cells = [cell for cell in cells if cell.peer in args.peers]
     if args.only:
         cells = [cell for cell in cells if cell.workload == args.only]
+    if args.cells:
+        cells = [cell for cell in cells if any(text in cell.name for text in args.cells)]
     w1_step = shape.w1_batch * shape.w1_seq
     totals = {
         "W1": (w1_step, shape.w1_batch * (shape.w1_seq - 1)),

@@ -150,7 +150,7 @@ def _check_speed_features(spec: Spec, problem: Any) -> None:
         why = missing_compiler(device)
         if why is not None:
             problem("training.compile", f"{why}; install one or set training.compile: false")
-    if training.chunked_loss is True and spec.method in ("dpo", "kd"):
+    if training.chunked_loss is True and spec.method in ("dpo", "kd", "grpo"):
         problem(
             "training.chunked_loss",
             f"method: {spec.method} reads the whole logits; set training.chunked_loss: auto",

@@ -83,7 +83,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if has_native_bf16(device) else torch.float32
     if name not in _DTYPES:
-        raise ConfigError(f"environment.dtype: {name!r} is not one of {', '.join(_DTYPES)}")
+        raise ConfigError(
+            f"environment.dtype: {name!r} is not one of {', '.join([*_DTYPES, 'auto'])}"
+        )
     dtype = _DTYPES[name]
     if dtype is torch.bfloat16 and device.type == "cuda":
         with torch.cuda.device(device):

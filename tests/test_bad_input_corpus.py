@@ -563,7 +563,7 @@ CASES: dict[str, Case] = {
         "config",
         {},
         _compiled("environment.dtype=fp16"),
-        "environment.dtype: 'fp16' is not one of fp32, bf16; did you mean 'bf16'?",
+        "environment.dtype: 'fp16' is not one of fp32, bf16, auto; did you mean 'bf16'?",
         _good_recipe,
     ),
     "config_override_name_from_another_tool": Case(

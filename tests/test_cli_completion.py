@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import typer.completion
 from helpers import cli_in_process
 
 
-def test_show_completion_prints_the_bash_script() -> None:
-    status, out, err = cli_in_process("--show-completion", "bash")
+def test_show_completion_prints_the_bash_script(monkeypatch) -> None:
+    # Typer detects the shell from the process tree (shellingham); a test run started without a
+    # shell above it (nohup, setsid, some CI runners) has none to find, so name it here.
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    status, out, err = cli_in_process("--show-completion")
     assert status == 0, err
     assert (
         "_tunegen_completion()" in out

@@ -137,6 +137,40 @@ def test_regional_compile_gives_the_eager_losses() -> None:
     torch.testing.assert_close(losses_of(True), losses_of(False), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_blocks_on_packed_rows_compile_once_and_give_the_eager_gradients() -> None:
+    """Packed rows on CPU attend per document in a Python loop over the row's spans; compiled
+    blocks must leave that loop out of their graph, or every new layout compiles again."""
+    from torch._dynamo.utils import counters
+
+    def packed(lengths: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        return {"position_ids": positions, "document_ids": ids}
+
+    layouts = [(10, 22, 32), (5, 59), (30, 30, 4), (1, 63)]
+    tokens = torch.randint(0, 64, (1, 64), generator=torch.Generator().manual_seed(0))
+    graphs, gradients = [], {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = llama(
+            vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48,
+            max_seq_len=64,
+        )  # fmt: skip
+        if compiled:
+            torch._dynamo.reset()
+            compile_blocks(model)
+        for layout in layouts:
+            loss, count = CrossEntropyLoss()(model(tokens, **packed(layout)), tokens)
+            (loss / count).backward()
+            if compiled:
+                graphs.append(counters["stats"]["unique_graphs"])
+        gradients[compiled] = [p.grad for p in model.parameters()]
+    assert graphs[0] > 0 and graphs == [graphs[0]] * len(layouts), graphs  # no recompiles
+    for eager, compiled in zip(gradients[False], gradients[True], strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
 def test_validate_says_in_one_line_when_compile_has_no_cpp_compiler(
     demo_workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

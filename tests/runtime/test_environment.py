@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import tunegen.runtime.environment as environment
 from tunegen.runtime.environment import (
     resolve_device,
     resolve_dtype,
@@ -58,6 +59,12 @@ def test_dtypes_on_cpu() -> None:
     assert resolve_dtype("bf16", CPU) is torch.bfloat16
 
 
+def test_auto_dtype_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch) -> None:
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(environment, "has_native_bf16", lambda device, n=native: n)
+        assert resolve_dtype("auto", CPU) is expected
+
+
 def test_fp16_on_cpu_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^environment\.dtype: 'fp16' is not supported on CPU"):
         resolve_dtype("fp16", CPU)
@@ -66,7 +73,7 @@ def test_fp16_on_cpu_is_refused() -> None:
 def test_unknown_dtype_lists_the_choices() -> None:
     with pytest.raises(ConfigError) as error:
         resolve_dtype("float16", CPU)
-    assert str(error.value) == "environment.dtype: 'float16' is not one of fp32, bf16, fp16"
+    assert str(error.value) == "environment.dtype: 'float16' is not one of fp32, bf16, fp16, auto"
 
 
 def test_seed_everything_makes_draws_repeatable() -> None:

@@ -645,5 +645,5 @@ def test_spec_rules_apply_to_config_keys_at_the_key_holding_the_value() -> None:
         "dataloader.shuffle: expected true or false, got a string ('yes')",
         "training.peak: must be greater than 0, got -1.0",
         "environment.device: 'gpu' is not auto, cpu, cuda, cuda:N or mps",
-        "environment.dtype: 'fp16' is not one of fp32, bf16; did you mean 'bf16'?",
+        "environment.dtype: 'fp16' is not one of fp32, bf16, auto; did you mean 'bf16'?",
     ]

@@ -104,7 +104,10 @@ class FullDPORecipe:
         model = model.to(device=self.device, dtype=self.dtype)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_reference_model(self) -> torch.nn.Module:

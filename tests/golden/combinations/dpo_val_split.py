@@ -138,7 +138,10 @@ class LoRADPORecipe:
         mark_only_lora_trainable(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:

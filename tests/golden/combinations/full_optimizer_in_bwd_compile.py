@@ -107,7 +107,10 @@ class FullFinetuneRecipe:
         self.compile_report = CompileReport(compile_blocks(model))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
@@ -174,8 +177,12 @@ class FullFinetuneRecipe:
                     batch = next(batches)
                     tokens = batch["tokens"].to(self.device)  # (B, T)
                     labels = batch["labels"].to(self.device)  # (B, T), -100: no loss
-                    logits = self.model(tokens)  # (B, T, vocab)
-                    batch_loss, batch_tokens = self.loss_fn(logits, labels)
+                    # The loss projects the hidden states onto the vocabulary a few
+                    # rows at a time: the (B, T, vocab) logits never exist at once.
+                    hidden = self.model.hidden_states(tokens)  # (B, T, D)
+                    batch_loss, batch_tokens = self.loss_fn(
+                        hidden, self.model.output_weight, labels
+                    )
                     # backward() updates each parameter as its gradient arrives, so
                     # the loss is averaged first (one micro-batch per step).
                     (batch_loss / batch_tokens.clamp(min=1)).backward()

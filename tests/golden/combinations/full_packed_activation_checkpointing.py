@@ -111,7 +111,10 @@ class FullFinetuneRecipe:
         model = model.to(device=self.device, dtype=self.dtype)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
@@ -183,8 +186,12 @@ class FullFinetuneRecipe:
                         key: batch[key].to(self.device)
                         for key in ("position_ids", "document_ids")
                     }
-                    logits = self.model(tokens, **documents)  # (B, T, vocab)
-                    batch_loss, batch_tokens = self.loss_fn(logits, labels)
+                    # The loss projects the hidden states onto the vocabulary a few
+                    # rows at a time: the (B, T, vocab) logits never exist at once.
+                    hidden = self.model.hidden_states(tokens, **documents)  # (B, T, D)
+                    batch_loss, batch_tokens = self.loss_fn(
+                        hidden, self.model.output_weight, labels
+                    )
                     batch_loss.backward()
                     loss_sum += batch_loss.item()
                     num_tokens += int(batch_tokens)

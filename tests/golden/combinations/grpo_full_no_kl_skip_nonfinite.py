@@ -116,7 +116,10 @@ class FullGRPORecipe:
         model = model.to(device=self.device, dtype=self.dtype)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:

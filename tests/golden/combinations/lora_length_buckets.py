@@ -115,7 +115,10 @@ class LoRAFinetuneRecipe:
         mark_only_lora_trainable(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self.metric_logger.log_text(f"model: {total:,} params, {trainable:,} trainable")
+        self.metric_logger.log_text(
+            f"model: {total:,} params, {trainable:,} trainable"
+            f" ({self.dtype} on {self.device})"
+        )
         return model
 
     def _setup_optimizer(self) -> torch.optim.Optimizer:
@@ -181,8 +184,12 @@ class LoRAFinetuneRecipe:
                     batch = next(batches)
                     tokens = batch["tokens"].to(self.device)  # (B, T)
                     labels = batch["labels"].to(self.device)  # (B, T), -100: no loss
-                    logits = self.model(tokens)  # (B, T, vocab)
-                    batch_loss, batch_tokens = self.loss_fn(logits, labels)
+                    # The loss projects the hidden states onto the vocabulary a few
+                    # rows at a time: the (B, T, vocab) logits never exist at once.
+                    hidden = self.model.hidden_states(tokens)  # (B, T, D)
+                    batch_loss, batch_tokens = self.loss_fn(
+                        hidden, self.model.output_weight, labels
+                    )
                     batch_loss.backward()
                     loss_sum += batch_loss.item()
                     num_tokens += int(batch_tokens)
