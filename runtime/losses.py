@@ -60,11 +60,12 @@ class ChunkedCrossEntropyLoss(nn.Module):
     `forward(hidden, weight, labels)` takes the model's final hidden states (B, T, D) (what
     `Transformer.hidden_states` returns) and the output projection (V, D) instead of the logits.
     Only the positions whose next token carries loss are projected (prompt and padding rows
-    cost nothing), in chunks of `chunk_size` rows; each chunk's logits live only while its loss
-    and its gradients with respect to the hidden states and the weight are computed, in the
-    forward pass. So the (B, T, V) logits, and their fp32 copy, never exist at once: on a
-    128k vocabulary that is most of a step's peak memory. The backward pass only scales the
-    stored gradients. Values and gradients equal `CrossEntropyLoss` on `hidden @ weight.T`.
+    cost nothing), in chunks of `chunk_size` rows (by default the rows of about 4 Mi fp32
+    logits, 16 MiB: 512 rows of an 8k vocabulary; at least 64 rows); each chunk's logits live
+    only while its loss and its gradients with respect to the hidden states and the weight are
+    computed, in the forward pass. So the (B, T, V) logits, and their fp32 copy, never exist at
+    once: on a 128k vocabulary that is most of a step's peak memory. The backward pass only
+    scales the stored gradients. Values and gradients equal `CrossEntropyLoss` on `hidden @ weight.T`.
 
     Skipping the rows without a target also saves their share of the output projection: on
     CPU (W1's 8192 x 512 head, 4 x 256 positions) it measured as fast as the plain loss with
@@ -72,9 +73,15 @@ class ChunkedCrossEntropyLoss(nn.Module):
     `training.chunked_loss: auto` (the default) uses it wherever it applies.
     """
 
-    def __init__(self, ignore_index: int = -100, chunk_size: int = 4096) -> None:
+    #: Default chunk: rows whose fp32 logits take about this many elements (16 MiB). A chunk's
+    #: logits and their log-softmax are the loss's whole transient memory, and they are alive at
+    #: the step's peak (after the forward pass), so they are kept small; 512 rows of an 8k
+    #: vocabulary still run the projection at the matmul's full speed.
+    CHUNK_ELEMENTS = 2**22
+
+    def __init__(self, ignore_index: int = -100, chunk_size: int | None = None) -> None:
         super().__init__()
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.ignore_index = ignore_index
         self.chunk_size = chunk_size
@@ -95,7 +102,7 @@ class ChunkedCrossEntropyLoss(nn.Module):
             weight,
             targets[rows],
             rows,
-            self.chunk_size,
+            self.chunk_size or max(64, self.CHUNK_ELEMENTS // weight.shape[0]),
             torch.is_grad_enabled(),  # False in validation: the loss alone, no gradients
         )
         return loss_sum, rows.new_tensor(rows.numel())

@@ -80,9 +80,9 @@ def test_lora_without_dropout_runs_no_dropout_op() -> None:
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
+@pytest.mark.parametrize("chunk_size", [1, 5, 4096, None])
 def test_chunked_cross_entropy_equals_plain_in_value_and_gradient(
-    tied: bool, chunk_size: int
+    tied: bool, chunk_size: int | None
 ) -> None:
     tokens, labels = batch()
     plain_model, chunked_model = small(tied), small(tied)
