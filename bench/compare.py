@@ -43,10 +43,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workloads import FULL, QUICK, Shape, write_checkpoint, write_w1_data, write_w2_data
+from workloads import FULL, G1, QUICK, Shape, write_checkpoint, write_w1_data, write_w2_data
 
 REPO = Path(__file__).resolve().parents[1]
 CELL = REPO / "bench" / "cell.py"
@@ -57,7 +58,35 @@ REFERENCE = [
     ["transformers==5.24.0", "peft==0.18.1"],
 ]  # fmt: skip
 LORA = {"rank": 8, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-W2_SEQ, W2_BATCH = 512, 4
+W2_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What one invocation measures: the shapes, and the settings both frameworks train with."""
+
+    shape: Shape
+    workloads: tuple[str, ...]
+    tunegen_w2: tuple[str, ...]  # tunegen's W2 variants: "padded", "packed", "budget"
+    torchtune_packed: tuple[bool, ...]  # torchtune's W2 cells: `packed: False` / `True`
+    tunegen_training: dict = field(default_factory=dict)  # extra spec `training:` keys
+    torchtune: dict = field(default_factory=dict)  # extra torchtune config keys
+    peak: tuple[str, str, str, str] = ("cpu", "float32", "2048", "5")  # device dtype n seconds
+
+
+PRESETS = {
+    "cpu": Preset(FULL, ("W1", "W2"), ("padded", "packed", "budget"), (False, True)),
+    "quick": Preset(QUICK, ("W1", "W2"), ("padded", "packed", "budget"), (False, True),
+                    peak=("cpu", "float32", "512", "1")),
+    # G1 (issue 18, on a lent GPU): W2's recipe at a Llama-3.2-1B-like size, seq 2048, bf16,
+    # both frameworks with their best settings (compile, packing, fused AdamW).
+    "g1": Preset(G1, ("W2",), ("packed",), (True,),
+                 tunegen_training={"dtype": "bf16", "compile": True, "device": "cuda"},
+                 torchtune={"dtype": "bf16", "compile": True, "device": "cuda",
+                            "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-4,
+                                          "fused": True}},
+                 peak=("cuda", "bfloat16", "8192", "5")),
+}  # fmt: skip
 
 
 @dataclass
@@ -72,6 +101,9 @@ class Cell:
     loss_of: str  # how to read the final loss: "jsonl:<path>", "tune:<dir>" or "hf"
     config: str | None = None  # torchtune: the config file's stem in the work dir
     results: list[dict] = field(default_factory=list)
+    #: W2: the rows one epoch draws batches of W2_BATCH from (samples, or packs), where the last
+    #: partial batch is dropped; None where every sample is trained (token-budget batches).
+    epoch_rows: int | None = None
 
 
 def build_reference_venv(venv: Path) -> Path:
@@ -93,11 +125,13 @@ def matmul_peak_argv() -> list[str]:
     code = textwrap.dedent(
         """
         import json, sys, time, torch
-        n = int(sys.argv[1]); a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
+        device, dtype, n, seconds = sys.argv[1], getattr(torch, sys.argv[2]), *sys.argv[3:]
+        n = int(n); a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b; torch.cuda.synchronize() if device == "cuda" else None
         start, count = time.perf_counter(), 0
-        while time.perf_counter() - start < float(sys.argv[2]):
+        while time.perf_counter() - start < float(seconds):
             a @ b; count += 1
+            torch.cuda.synchronize() if device == "cuda" else None
         print(json.dumps({"gflops": 2 * n**3 * count / (time.perf_counter() - start) / 1e9}))
         """
     )
@@ -117,25 +151,27 @@ def tunegen_spec(name: str, method: str, data: dict, training: dict, model: Path
     return spec
 
 
-def tunegen_cells(work: Path, shape: Shape) -> list[Cell]:
+def tunegen_cells(work: Path, preset: Preset) -> list[Cell]:
     """Compile the tunegen cells' specs in `work` (tunegen new) and return the cells."""
-    model = work / "model"
+    shape, model = preset.shape, work / "model"
     w1 = {"path": "w1.jsonl", "format": "text", "max_seq_len": shape.w1_seq}
     w2 = {"path": "w2.jsonl", "template": "plain", "max_seq_len": shape.w2_max}
     w1_training = {"batch_size": shape.w1_batch, "max_steps": shape.w1_steps}
+    w2_variants = {
+        "padded": (w2, {"batch_size": W2_BATCH}),
+        "packed": ({**w2, "packed": True}, {"batch_size": W2_BATCH}),
+        "budget": (w2, {"tokens_per_batch": W2_BATCH * shape.w2_max}),
+    }
     variants = {
         "W1": [("", w1, w1_training)],
-        "W2": [
-            ("padded", w2, {"batch_size": W2_BATCH}),
-            ("packed", {**w2, "packed": True}, {"batch_size": W2_BATCH}),
-            ("budget", w2, {"tokens_per_batch": W2_BATCH * shape.w2_max}),
-        ],
+        "W2": [(name, *w2_variants[name]) for name in preset.tunegen_w2],
     }
     cells = []
-    for workload, runs in variants.items():
-        for variant, data, training in runs:
+    for workload in preset.workloads:
+        for variant, data, training in variants[workload]:
             for method in ("full", "lora"):
                 name = "_".join(filter(None, ["tg", workload.lower(), method, variant]))
+                training = {**training, **preset.tunegen_training}
                 spec = tunegen_spec(name, method, data, training, model)
                 (work / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
                 subprocess.run(
@@ -209,20 +245,24 @@ def torchtune_config(
     }  # fmt: skip
 
 
-def torchtune_cells(work: Path, shape: Shape, reference: Path) -> list[Cell]:
+def torchtune_cells(work: Path, preset: Preset, reference: Path) -> list[Cell]:
     w1 = {"_component_": "torchtune.datasets.text_completion_dataset", "source": "json",
           "data_files": str(work / "w1.jsonl"), "column": "text", "split": "train"}  # fmt: skip
+    shape = preset.shape
     cells = []
     for method in ("full", "lora"):
         recipe = f"{method}_finetune_single_device"
         runs = [("W1", "", w1, shape.w1_seq, {"max_steps_per_epoch": shape.w1_steps})]
-        for packed in (False, True):
+        for packed in preset.torchtune_packed:
             w2 = {"_component_": "torchtune.datasets.instruct_dataset", "source": "json",
                   "data_files": str(work / "w2.jsonl"), "split": "train", "packed": packed,
                   "column_map": {"input": "instruction", "output": "output"},
                   "train_on_input": False}  # fmt: skip
             runs.append(("W2", f"packed {packed}", w2, shape.w2_max, {}))
         for workload, variant, dataset, seq, extra in runs:
+            if workload not in preset.workloads:
+                continue
+            extra = {**extra, **preset.torchtune}
             name = f"tt_{workload.lower()}_{method}_{variant.replace(' ', '_')}".rstrip("_")
             batch = shape.w1_batch if workload == "W1" else W2_BATCH
             config = torchtune_config(method, dataset, shape, seq, batch, work, **extra)
@@ -236,6 +276,8 @@ def torchtune_cells(work: Path, shape: Shape, reference: Path) -> list[Cell]:
                     name,
                 )
             )  # fmt: skip
+    if "W1" not in preset.workloads:
+        return cells
     cells.append(
         Cell(
             "hf+peft lora", "W1", "lora", "hf",
@@ -289,8 +331,8 @@ def final_loss(where: str, record: dict) -> float | None:
     return values[-1] if values else None
 
 
-def w2_tokens(work: Path, seq: int) -> tuple[int, int]:
-    """(tokens, loss tokens) of one W2 epoch, as tunegen tokenizes it."""
+def w2_samples(work: Path, seq: int) -> list[dict]:
+    """The W2 samples as tunegen tokenizes them (`tokens`, `labels`)."""
     from tunegen.runtime.data import InstructDataset
     from tunegen.runtime.tokenizers import load_tokenizer
 
@@ -298,10 +340,37 @@ def w2_tokens(work: Path, seq: int) -> tuple[int, int]:
     dataset = InstructDataset(
         tokenizer, source=work / "w2.jsonl", template="plain", max_seq_len=seq
     )
-    items = [dataset[i] for i in range(len(dataset))]
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def w2_totals(items: list[dict]) -> tuple[int, int]:
+    """(tokens, loss tokens) of one W2 epoch."""
     tokens = sum(len(item["tokens"]) for item in items)
     loss_tokens = sum(sum(1 for label in item["labels"][1:] if label != -100) for item in items)
     return tokens, loss_tokens
+
+
+def set_epoch_rows(cells: list[Cell], items: list[dict], seq: int) -> None:
+    """Each W2 cell's rows per epoch: samples unpacked, packs for tunegen's packed cells
+    (best-fit-decreasing), none for token budgets and torchtune's packed cells.
+
+    Both frameworks drop the last partial batch, so a packed epoch trains slightly less than
+    all the tokens (tunegen 128 of its 129 packs on W2, torchtune 160 of 162); `throughput`
+    counts only tunegen's rows trained. torchtune's packs come from its own tokenizer, whose
+    lengths differ slightly, so its packed cells are credited with every token: if anything,
+    that flatters torchtune (by 1.2% on W2)."""
+    from tunegen.runtime.data.packing import best_fit_decreasing
+
+    lengths = [len(item["tokens"]) for item in items]
+    rows = {
+        ("tunegen", "packed"): len(best_fit_decreasing(lengths, seq)),
+        ("tunegen", "budget"): None,
+        ("torchtune", "packed True"): None,
+    }
+    for cell in cells:
+        if cell.workload == "W2":
+            variant = cell.name.split(" ", 2)[-1]
+            cell.epoch_rows = rows.get((cell.peer, variant), len(items))
 
 
 def flops_per_token(shape: Shape, method: str, seq: int) -> float:
@@ -364,6 +433,9 @@ def throughput(record: dict, cell: Cell, totals: tuple[int, int]) -> tuple[float
     tokens, loss_tokens = totals
     if cell.workload == "W1":  # fixed-length steps: the totals are per step
         tokens, loss_tokens = tokens * n, loss_tokens * n
+    elif cell.epoch_rows is not None:  # the dropped last partial batch did not train
+        share = min(1.0, n * W2_BATCH / cell.epoch_rows)
+        tokens, loss_tokens = tokens * share, loss_tokens * share
     return tokens / seconds, loss_tokens / seconds
 
 
@@ -371,6 +443,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
+    parser.add_argument(
+        "--g1", action="store_true",
+        help="on a CUDA GPU: W2 at a Llama-3.2-1B-like size, seq 2048, bf16, compile, packed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reference-python", type=Path, metavar="PYTHON",
+        help="a python that already has torchtune (and transformers + peft for W1): no venv is"
+        " built (a machine without internet, e.g. the lent GPU)",
+    )  # fmt: skip
     parser.add_argument(
         "--work", type=Path, default=Path.home() / ".cache" / "tunegen-bench" / "work"
     )
@@ -386,29 +467,35 @@ def main() -> None:
         help="run only the cells whose name contains one of these (e.g. 'packed' 'torchtune')",
     )  # fmt: skip
     args = parser.parse_args()
-    shape, rounds = (QUICK, 1) if args.quick else (FULL, args.rounds)
-    work = args.work / ("quick" if args.quick else "full")
+    name = "g1" if args.g1 else "quick" if args.quick else "cpu"
+    preset, rounds = PRESETS[name], 1 if args.quick else args.rounds
+    shape = preset.shape
+    work = args.work / {"cpu": "full"}.get(name, name)
     needs_reference = bool({"torchtune", "hf"} & set(args.peers))
-    reference = build_reference_venv(args.venv) if needs_reference else Path(sys.executable)
+    if args.reference_python is not None:
+        reference = args.reference_python
+    else:
+        reference = build_reference_venv(args.venv) if needs_reference else Path(sys.executable)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "w2.jsonl").exists():
-        write_checkpoint(work / "model", shape, max(shape.w1_seq, shape.w2_max))
+        # The G1 model is written in bf16 (half the disk; both frameworks train it in bf16).
+        dtype = torch.bfloat16 if args.g1 else torch.float32
+        write_checkpoint(work / "model", shape, max(shape.w1_seq, shape.w2_max), dtype)
         write_w1_data(work / "w1.jsonl", shape)
         write_w2_data(work / "w2.jsonl", shape)
-    cells = tunegen_cells(work, shape) + torchtune_cells(work, shape, reference)
+    cells = tunegen_cells(work, preset) + torchtune_cells(work, preset, reference)
     cells = [cell for cell in cells if cell.peer in args.peers]
     if args.only:
         cells = [cell for cell in cells if cell.workload == args.only]
     if args.cells:
         cells = [cell for cell in cells if any(text in cell.name for text in args.cells)]
     w1_step = shape.w1_batch * shape.w1_seq
-    totals = {
-        "W1": (w1_step, shape.w1_batch * (shape.w1_seq - 1)),
-        "W2": w2_tokens(work, shape.w2_max),
-    }
+    items = w2_samples(work, shape.w2_max)
+    set_epoch_rows(cells, items, shape.w2_max)
+    totals = {"W1": (w1_step, shape.w1_batch * (shape.w1_seq - 1)), "W2": w2_totals(items)}
     peaks = []
     for index in range(rounds):
-        peak = subprocess.run([*matmul_peak_argv(), "512" if args.quick else "2048", "1" if args.quick else "5"],
+        peak = subprocess.run([*matmul_peak_argv(), *preset.peak],
                               capture_output=True, text=True, check=True)  # fmt: skip
         peaks.append(json.loads(peak.stdout)["gflops"])
         print(f"round {index + 1}/{rounds}: matmul peak {peaks[-1]:.0f} GFLOP/s", flush=True)

@@ -67,12 +67,19 @@ FULL = Shape(8192, 512, 8, 8, 4, 1536, w1_batch=4, w1_seq=256, w1_steps=30,
              w2_samples=400, w2_min=32, w2_max=512)  # fmt: skip
 QUICK = Shape(1024, 64, 2, 4, 2, 128, w1_batch=2, w1_seq=64, w1_steps=4,
               w2_samples=24, w2_min=16, w2_max=64)  # fmt: skip
+# G1 (a lent GPU): Llama-3.2-1B's shape (1.24 B parameters with its 128k vocabulary), W2's data
+# at sequence length 2048. The bundled tokenizer uses only the first ids of the vocabulary.
+G1 = Shape(128256, 2048, 16, 32, 8, 8192, w1_batch=1, w1_seq=2048, w1_steps=0,
+           w2_samples=2000, w2_min=64, w2_max=2048)  # fmt: skip
 
 
-def write_checkpoint(folder: Path, shape: Shape, max_seq_len: int) -> Path:
+def write_checkpoint(
+    folder: Path, shape: Shape, max_seq_len: int, dtype: torch.dtype = torch.float32
+) -> Path:
     """The random-init model (seed 0) in HF format, with `tokenizer.model` beside it."""
     torch.manual_seed(0)
     model = llama(**shape.model_kwargs(), max_seq_len=max_seq_len, rope_base=500000.0)
+    model.to(dtype)
     save_hf_checkpoint(model, folder, tokenizer=builtin_tokenizer("tiny"))
     shutil.copy(ASSETS / "tokenizer.model", folder / "tokenizer.model")
     return folder

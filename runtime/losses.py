@@ -143,8 +143,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits[picked] -= 1
             if want_hidden:
                 grad_hidden.index_copy_(0, chunk_rows, grad_logits.to(weight.dtype) @ weight)
-            if want_weight:
-                grad_weight += grad_logits.t() @ h.float()
+            if want_weight:  # accumulated inside the matmul: no (V, D) temporary per chunk
+                grad_weight.addmm_(grad_logits.t(), h.float())
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss_sum

@@ -234,21 +234,30 @@ def attend_per_document(
     q: Tensor, k: Tensor, v: Tensor, spans: list[list[tuple[int, int]]]
 ) -> Tensor:
     """One causal SDPA call per document of each row (`Documents.spans`): the cross-document
-    blocks are never computed."""
+    blocks are never computed.
+
+    The documents are taken with `unbind` and `split`, whose backward passes are one `stack`
+    and one `cat`. Sliced out one by one (`q[b, :, s:e]`), each slice's backward would fill a
+    zero tensor of q's whole size and add it up: that measured 1.4x this loop's time.
+    """
     rows = []
-    for b, row_spans in enumerate(spans):
+    for q_row, k_row, v_row, row_spans in zip(
+        q.unbind(0), k.unbind(0), v.unbind(0), spans, strict=True
+    ):
+        sizes = [end - start for start, end in row_spans]
         parts = [
             F.scaled_dot_product_attention(
-                q[b : b + 1, :, s:e],
-                k[b : b + 1, :, s:e],
-                v[b : b + 1, :, s:e],
-                is_causal=True,
-                enable_gqa=True,
+                q_doc[None], k_doc[None], v_doc[None], is_causal=True, enable_gqa=True
             )
-            for s, e in row_spans
+            for q_doc, k_doc, v_doc in zip(
+                q_row.split(sizes, dim=1),
+                k_row.split(sizes, dim=1),
+                v_row.split(sizes, dim=1),
+                strict=True,
+            )
         ]
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows, dim=0)
+        rows.append(torch.cat(parts, dim=2))  # (1, H, T, Hd)
+    return torch.cat(rows, dim=0)  # (B, H, T, Hd)
 
 
 class LayerKV:
