@@ -334,7 +334,9 @@ class TrainingSpec(_Section):
         "compute the cross-entropy from the final hidden states a chunk of rows at a time, "
         "skipping rows without a target: the batch's fp32 logits never exist at once (method "
         "full, lora, dora, qlora); auto: on wherever it applies (single-device SFT), as it "
-        "measured as fast or faster than the plain loss on CPU and GPU and smaller on both",
+        "measured as fast or faster than the plain loss on CPU, and smaller. The recipe then "
+        "calls the loss as loss(hidden, output_weight, labels): set false to plug in a loss of "
+        "your own on logits, loss(logits, labels)",
     )
     fused_optimizer: bool = option(
         True,

@@ -140,8 +140,11 @@ name: text_recipe
 method: full
 model: tiny
 data: {path: data/notes.jsonl, format: text, column: body, max_seq_len: 32}
-training: {max_steps: 4, batch_size: 2, lr: 1e-3}
+training: {max_steps: 4, batch_size: 2, lr: 1e-3, chunked_loss: false}
 """
+# chunked_loss: false compiles the recipe to call the loss on logits, (logits, labels), which is
+# the interface a user's own loss below has; the default chunked recipe passes it the hidden
+# states and the output weight instead.
 
 MY_LOSS = '''\
 import torch
