@@ -101,6 +101,7 @@ class Cell:
     loss_of: str  # how to read the final loss: "jsonl:<path>", "tune:<dir>" or "hf"
     config: str | None = None  # torchtune: the config file's stem in the work dir
     results: list[dict] = field(default_factory=list)
+    variant: str = ""  # W2: "padded", "packed", "budget" (tunegen), "packed True/False" (torchtune)
     #: W2: the rows one epoch draws batches of W2_BATCH from (samples, or packs), where the last
     #: partial batch is dropped; None where every sample is trained (token-budget batches).
     epoch_rows: int | None = None
@@ -169,9 +170,9 @@ def tunegen_cells(work: Path, preset: Preset) -> list[Cell]:
     cells = []
     for workload in preset.workloads:
         for variant, data, training in variants[workload]:
+            training = {**training, **preset.tunegen_training}
             for method in ("full", "lora"):
                 name = "_".join(filter(None, ["tg", workload.lower(), method, variant]))
-                training = {**training, **preset.tunegen_training}
                 spec = tunegen_spec(name, method, data, training, model)
                 (work / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
                 subprocess.run(
@@ -185,6 +186,7 @@ def tunegen_cells(work: Path, preset: Preset) -> list[Cell]:
                         [sys.executable, str(CELL), "{out}", "script", *argv,
                          "checkpointer.output_dir={run}"],
                         "jsonl:{run}/metrics.jsonl",
+                        variant=variant,
                     )
                 )  # fmt: skip
     return cells
@@ -274,6 +276,7 @@ def torchtune_cells(work: Path, preset: Preset, reference: Path) -> list[Cell]:
                      "--config", "{config}"],
                     "tune:{run}/logs",
                     name,
+                    variant=variant,
                 )
             )  # fmt: skip
     if "W1" not in preset.workloads:
@@ -369,8 +372,7 @@ def set_epoch_rows(cells: list[Cell], items: list[dict], seq: int) -> None:
     }
     for cell in cells:
         if cell.workload == "W2":
-            variant = cell.name.split(" ", 2)[-1]
-            cell.epoch_rows = rows.get((cell.peer, variant), len(items))
+            cell.epoch_rows = rows.get((cell.peer, cell.variant), len(items))
 
 
 def flops_per_token(shape: Shape, method: str, seq: int) -> float:
