@@ -16,7 +16,11 @@ arguments; this check goes through the whole tree:
 4. given the recipe's source, keys that no code reads (directly or through an interpolation), and
    keys the recipe reads but the config lacks;
 5. files named under ``path``/``source``/``*_path``/``*_file``/``*_dir`` keys exist;
-6. ``???`` values are set and interpolations resolve.
+6. ``???`` values are set and interpolations resolve;
+7. a component the recipe stores and then calls (``self.loss_fn = instantiate(self.cfg.loss)``,
+   later ``self.loss_fn(hidden, weight, labels)``) can take those calls: its ``forward`` (a
+   module) or ``__call__`` binds the recipe's arguments, so a swapped loss that expects other
+   inputs is reported here rather than as a traceback at the first step.
 
 The recipe owns its contract: what it reads (``self.cfg.a.b`` chains) and which arguments it
 passes to each component (``instantiate(self.cfg.optimizer, params=...)``) are read from its
@@ -31,6 +35,7 @@ import enum
 import inspect
 import os
 import re
+import sys
 import types
 import typing
 from collections import abc
@@ -59,9 +64,11 @@ from .config import (
 from .errors import Problem
 
 __all__ = [
+    "ComponentCall",
     "Problem",
     "check_config",
     "format_problems",
+    "recipe_component_calls",
     "recipe_reads",
     "recipe_supplied_args",
 ]
@@ -108,6 +115,9 @@ def check_config(
             for chain in _interpolation_reads(cfg):
                 reads.add(chain, in_recipe=False)
     checker.container(cfg, "", reads, covered=reads is None)
+    if reads is not None:
+        for path, calls in recipe_component_calls(recipe_source).items():
+            _check_component_calls(checker, path, calls)
     return checker.problems
 
 
@@ -310,6 +320,75 @@ def _inside_component(node: Any) -> bool:
             return True
         parent = parent._get_parent()
     return False
+
+
+def _check_component_calls(checker: _Checker, path: str, calls: Sequence[ComponentCall]) -> None:
+    """The component at `path` must accept every call the recipe makes of the object it builds."""
+    node = OmegaConf.select(checker.cfg, path, throw_on_resolution_failure=False)
+    if not isinstance(node, DictConfig) or not has_key(node, COMPONENT_KEY):
+        return
+    try:
+        fn = locate(node[COMPONENT_KEY])
+    except (OmegaConfBaseException, LocateError):
+        return  # reported where the component is walked
+    target = _call_target(fn)
+    if target is None:
+        return
+    name, method = target
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return
+    params = list(signature.parameters.values())[1:]  # without `self`
+    signature = signature.replace(parameters=params)
+    for call in calls:
+        if call.open:
+            continue
+        try:
+            signature.bind(*range(call.positional), **dict.fromkeys(call.keywords))
+        except TypeError as e:
+            hint = next((h for marker, h in _CALL_HINTS.items() if marker in call.text), "")
+            checker.report(
+                child_path(path, COMPONENT_KEY),
+                f"line {call.line} of {checker.recipe} calls it as {call.text}, which "
+                f"{name}{_plain_signature(signature)} cannot take ({e}){hint}",
+            )
+            return
+
+
+# What to do when a generated call does not fit, keyed by a name the call passes.
+_CALL_HINTS = {
+    "output_weight": (
+        "; this recipe computes the loss from the final hidden states: for a loss on logits, "
+        "set training.chunked_loss: false in the spec and regenerate (tunegen new)"
+    ),
+}
+
+
+def _call_target(fn: Any) -> tuple[str, Any] | None:
+    """What calling an instance of class `fn` runs, and its name: ``forward`` for a torch module,
+    else a ``__call__`` the class defines. None for a function (its result is unknown here)."""
+    if not inspect.isclass(fn):
+        return None
+    torch = sys.modules.get("torch")  # a torch module's class has imported torch already
+    if torch is not None and issubclass(fn, torch.nn.Module):
+        return f"{fn.__name__}.forward", fn.forward
+    if any("__call__" in vars(cls) for cls in fn.__mro__[:-1]):
+        return f"{fn.__name__}.__call__", fn.__call__
+    return None
+
+
+def _plain_signature(signature: inspect.Signature) -> str:
+    """``(logits, labels)``: parameter names only, as a reader compares them with the call."""
+    parts, starred = [], False
+    for param in signature.parameters.values():
+        if param.kind is param.KEYWORD_ONLY and not starred:
+            parts.append("*")  # the bare `*` before keyword-only parameters
+        starred = starred or param.kind in (param.VAR_POSITIONAL, param.KEYWORD_ONLY)
+        prefix = {param.VAR_POSITIONAL: "*", param.VAR_KEYWORD: "**"}.get(param.kind, "")
+        default = "=..." if param.default is not param.empty else ""
+        parts.append(f"{prefix}{param.name}{default}")
+    return f"({', '.join(parts)})"
 
 
 def _check_argument_type(
@@ -608,6 +687,81 @@ def recipe_supplied_args(source: str) -> dict[str, tuple[str, ...]]:
             names.add(ANY_ARGUMENT)
         supplied.setdefault(".".join(found[0]), set()).update(names)
     return {path: tuple(sorted(names)) for path, names in sorted(supplied.items())}
+
+
+@dataclass(frozen=True)
+class ComponentCall:
+    """One call the recipe makes of a component it built: ``self.loss_fn(hidden, w, labels)``.
+
+    `open`: the call passes ``*args`` or ``**kwargs``, so what it binds is unknown.
+    """
+
+    line: int
+    text: str
+    positional: int
+    keywords: tuple[str, ...]
+    open: bool
+
+
+def recipe_component_calls(source: str) -> dict[str, list[ComponentCall]]:
+    """The calls a recipe makes of the components it stores on ``self``, by config node path.
+
+    ``self.loss_fn = instantiate(self.cfg.loss)`` and later ``self.loss_fn(hidden, w, labels)``
+    -> ``{"loss": [ComponentCall(line, "self.loss_fn(hidden, w, labels)", 3, (), False)]}``. An
+    attribute counts only if every assignment of it in the file is ``instantiate`` of the same
+    node, so one the recipe rebinds (``self.model = compile(self.model)``) is left alone.
+    Raises `SyntaxError`.
+    """
+    tree = ast.parse(source)
+    roots, _ = _aliases(tree)
+    built: dict[str, set[str | None]] = {}
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for target in targets:
+            attr = _self_attribute(target)
+            if attr is None:
+                continue
+            value = getattr(node, "value", None)
+            found = None
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(value, ast.Call)
+                and _is_instantiate(value.func)
+                and value.args
+            ):
+                found = _chain(value.args[0], roots)
+            path = ".".join(found[0]) if found and found[1] and found[0] else None
+            built.setdefault(attr, set()).add(path)
+    components = {attr: paths.pop() for attr, paths in built.items() if len(paths) == 1}
+    calls: dict[str, list[ComponentCall]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        path = components.get(_self_attribute(node.func) or "")
+        if path is None:
+            continue
+        calls.setdefault(path, []).append(
+            ComponentCall(
+                line=node.lineno,
+                text=ast.unparse(node),
+                positional=len(node.args),
+                keywords=tuple(k.arg for k in node.keywords if k.arg is not None),
+                open=any(isinstance(a, ast.Starred) for a in node.args)
+                or any(k.arg is None for k in node.keywords),
+            )
+        )
+    for found in calls.values():
+        found.sort(key=lambda call: call.line)
+    return dict(sorted(calls.items()))
+
+
+def _self_attribute(node: ast.expr) -> str | None:
+    """``x`` for ``self.x``, else None."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.attr if node.value.id == "self" else None
+    return None
 
 
 def _is_instantiate(func: ast.expr) -> bool:

@@ -494,6 +494,24 @@ CASES: dict[str, Case] = {
         "torch.nn.NoSuchLoss",
         _good_recipe,
     ),
+    "config_loss_on_logits_in_a_chunked_recipe": Case(
+        "config",
+        {},
+        _compiled("loss._component_=tunegen.runtime.losses.CrossEntropyLoss"),
+        "set training.chunked_loss: false in the spec",
+        _good_recipe,
+    ),
+    "config_loss_on_logits_validated": Case(
+        "config",
+        {},
+        [
+            "validate",
+            "generated/bad.yaml",
+            "loss._component_=tunegen.runtime.losses.CrossEntropyLoss",
+        ],
+        "CrossEntropyLoss.forward(logits, labels) cannot take (too many positional arguments)",
+        _good_recipe,
+    ),
     "config_override_without_value": Case(
         "config", {}, _compiled("training.lr"), "expected 'key.sub=value'", _good_recipe
     ),

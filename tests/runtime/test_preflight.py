@@ -15,6 +15,7 @@ from tunegen.runtime.preflight import (
     Problem,
     check_config,
     format_problems,
+    recipe_component_calls,
     recipe_reads,
     recipe_supplied_args,
 )
@@ -646,4 +647,96 @@ def test_spec_rules_apply_to_config_keys_at_the_key_holding_the_value() -> None:
         "training.peak: must be greater than 0, got -1.0",
         "environment.device: 'gpu' is not auto, cpu, cuda, cuda:N or mps",
         "environment.dtype: 'fp16' is not one of fp32, bf16, auto; did you mean 'bf16'?",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Calls of the components the recipe builds
+
+CALLED = """
+import torch
+
+
+class LogitsLoss(torch.nn.Module):
+    def forward(self, logits, labels):
+        return logits
+
+
+class Scorer:
+    def __call__(self, completions, *, answers):
+        return completions
+
+
+class Plain:
+    pass
+"""
+
+CALLING_RECIPE = """
+class Recipe:
+    def setup(self):
+        self.loss_fn = instantiate(self.cfg.loss)
+        self.scorer = instantiate(self.cfg.scorer)
+        self.model = instantiate(self.cfg.model)
+        self.model = compile(self.model)
+
+    def train(self):
+        loss = self.loss_fn(hidden, self.model.output_weight, labels)
+        again = self.loss_fn(logits, labels=labels)
+        scores = self.scorer(completions, answers=answers)
+        unknown = self.scorer(*pieces)
+        self.model(1, 2, 3, 4)
+"""
+
+
+@pytest.fixture
+def called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    name = f"called_components_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(CALLED)
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_recipe_component_calls_follow_the_attribute_it_is_stored_in() -> None:
+    calls = recipe_component_calls(CALLING_RECIPE)
+    assert sorted(calls) == ["loss", "scorer"]  # self.model is rebound: not only the component
+    first, second = calls["loss"]
+    assert (first.line, first.positional, first.keywords, first.open) == (10, 3, (), False)
+    assert first.text == "self.loss_fn(hidden, self.model.output_weight, labels)"
+    assert (second.positional, second.keywords) == (1, ("labels",))
+    assert [call.open for call in calls["scorer"]] == [False, True]
+
+
+def test_a_call_the_component_cannot_take_is_reported(called: str) -> None:
+    data = {
+        "loss": {"_component_": f"{called}.LogitsLoss"},
+        "scorer": {"_component_": f"{called}.Scorer"},
+        "model": {"_component_": f"{called}.Plain"},
+    }
+    problems = check_config(
+        OmegaConf.create(data), recipe_source=CALLING_RECIPE, recipe_name="r.py"
+    )
+    assert [str(p) for p in problems] == [
+        "loss._component_: line 10 of r.py calls it as self.loss_fn(hidden, "
+        "self.model.output_weight, labels), which LogitsLoss.forward(logits, labels) cannot "
+        "take (too many positional arguments); this recipe computes the loss from the final "
+        "hidden states: for a loss on logits, set training.chunked_loss: false in the spec and "
+        "regenerate (tunegen new)"
+    ]
+
+
+def test_calls_that_bind_pass_and_a_keyword_is_checked(called: str) -> None:
+    recipe = CALLING_RECIPE.replace("hidden, self.model.output_weight, labels", "logits, labels")
+    data = {
+        "loss": {"_component_": f"{called}.LogitsLoss"},
+        "scorer": {"_component_": f"{called}.Scorer"},
+        "model": {"_component_": f"{called}.Plain"},
+    }
+    assert _problems(data, recipe_source=recipe) == []
+    wrong = recipe.replace("answers=answers", "answer=answers")
+    assert _problems(data, recipe_source=wrong) == [
+        "scorer._component_: line 12 of the recipe calls it as self.scorer(completions, "
+        "answer=answers), which Scorer.__call__(completions, *, answers) cannot take (missing a "
+        "required argument: 'answers')"
     ]
