@@ -341,6 +341,10 @@ def _check_component_calls(checker: _Checker, path: str, calls: Sequence[Compone
         return
     params = list(signature.parameters.values())[1:]  # without `self`
     signature = signature.replace(parameters=params)
+    plain = signature.replace(  # `(logits, labels)`, as a reader compares it with the call
+        parameters=[param.replace(annotation=param.empty) for param in params],
+        return_annotation=signature.empty,
+    )
     for call in calls:
         if call.open:
             continue
@@ -351,7 +355,7 @@ def _check_component_calls(checker: _Checker, path: str, calls: Sequence[Compone
             checker.report(
                 child_path(path, COMPONENT_KEY),
                 f"line {call.line} of {checker.recipe} calls it as {call.text}, which "
-                f"{name}{_plain_signature(signature)} cannot take ({e}){hint}",
+                f"{name}{plain} cannot take ({e}){hint}",
             )
             return
 
@@ -376,19 +380,6 @@ def _call_target(fn: Any) -> tuple[str, Any] | None:
     if any("__call__" in vars(cls) for cls in fn.__mro__[:-1]):
         return f"{fn.__name__}.__call__", fn.__call__
     return None
-
-
-def _plain_signature(signature: inspect.Signature) -> str:
-    """``(logits, labels)``: parameter names only, as a reader compares them with the call."""
-    parts, starred = [], False
-    for param in signature.parameters.values():
-        if param.kind is param.KEYWORD_ONLY and not starred:
-            parts.append("*")  # the bare `*` before keyword-only parameters
-        starred = starred or param.kind in (param.VAR_POSITIONAL, param.KEYWORD_ONLY)
-        prefix = {param.VAR_POSITIONAL: "*", param.VAR_KEYWORD: "**"}.get(param.kind, "")
-        default = "=..." if param.default is not param.empty else ""
-        parts.append(f"{prefix}{param.name}{default}")
-    return f"({', '.join(parts)})"
 
 
 def _check_argument_type(
@@ -677,16 +668,24 @@ def recipe_supplied_args(source: str) -> dict[str, tuple[str, ...]]:
     roots, _ = _aliases(tree)
     supplied: dict[str, set[str]] = {}
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and _is_instantiate(node.func) and node.args):
-            continue
-        found = _chain(node.args[0], roots)
-        if found is None or not found[1] or not found[0]:
+        path = _instantiated_node(node, roots)
+        if path is None:
             continue
         names = {keyword.arg or ANY_ARGUMENT for keyword in node.keywords}
         if len(node.args) > 1 or any(isinstance(a, ast.Starred) for a in node.args):
             names.add(ANY_ARGUMENT)
-        supplied.setdefault(".".join(found[0]), set()).update(names)
+        supplied.setdefault(path, set()).update(names)
     return {path: tuple(sorted(names)) for path, names in sorted(supplied.items())}
+
+
+def _instantiated_node(node: ast.AST | None, roots: Mapping[str, tuple[str, ...]]) -> str | None:
+    """``"optimizer"`` for ``instantiate(self.cfg.optimizer, ...)``; None for anything else."""
+    if not (isinstance(node, ast.Call) and _is_instantiate(node.func) and node.args):
+        return None
+    found = _chain(node.args[0], roots)
+    if found is None or not found[1] or not found[0]:
+        return None
+    return ".".join(found[0])
 
 
 @dataclass(frozen=True)
@@ -716,23 +715,13 @@ def recipe_component_calls(source: str) -> dict[str, list[ComponentCall]]:
     roots, _ = _aliases(tree)
     built: dict[str, set[str | None]] = {}
     for node in ast.walk(tree):
-        targets = node.targets if isinstance(node, ast.Assign) else []
-        if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-            targets = [node.target]
-        for target in targets:
-            attr = _self_attribute(target)
-            if attr is None:
-                continue
-            value = getattr(node, "value", None)
-            found = None
-            if (
-                isinstance(node, ast.Assign)
-                and isinstance(value, ast.Call)
-                and _is_instantiate(value.func)
-                and value.args
-            ):
-                found = _chain(value.args[0], roots)
-            path = ".".join(found[0]) if found and found[1] and found[0] else None
+        if isinstance(node, ast.Assign):
+            targets, path = node.targets, _instantiated_node(node.value, roots)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets, path = [node.target], None  # not a plain `self.x = instantiate(...)`
+        else:
+            continue
+        for attr in filter(None, map(_self_attribute, targets)):
             built.setdefault(attr, set()).add(path)
     components = {attr: paths.pop() for attr, paths in built.items() if len(paths) == 1}
     calls: dict[str, list[ComponentCall]] = {}
@@ -817,12 +806,7 @@ def _chain(
     """
     if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in roots:
         return roots[node.id], True
-    if (
-        isinstance(node, ast.Attribute)
-        and node.attr == "cfg"
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-    ):
+    if _self_attribute(node) == "cfg":
         return (), True
     if isinstance(node, ast.Attribute):
         base = _chain(node.value, roots)
