@@ -287,7 +287,7 @@ def saved_bytes(fn, module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_backward_equals_autograds_and_saves_a_fifth_less(dtype: torch.dtype) -> None:
+def test_block_backward_equals_autograds_and_saves_a_third_less(dtype: torch.dtype) -> None:
     model = small(n_layers=1).train().to(dtype)
     layer = model.model.layers[0]
     cos, sin = (table[:16].to(dtype) for table in (model.model.rope_cos, model.model.rope_sin))
@@ -305,14 +305,51 @@ def test_block_backward_equals_autograds_and_saves_a_fifth_less(dtype: torch.dty
         torch.testing.assert_close(fused, plain, **tolerance)
     fused_bytes = saved_bytes(lambda: layer(x, cos, sin), layer)
     plain_bytes = saved_bytes(lambda: plain_block(layer, x, cos, sin), layer)
-    assert fused_bytes <= 0.8 * plain_bytes, (fused_bytes, plain_bytes)
+    # RMSNorm keeps its input and a per-row scale; the MLP keeps gate and up, not silu's output
+    # or the down projection's input.
+    assert fused_bytes <= 0.7 * plain_bytes, (fused_bytes, plain_bytes)
 
 
 def test_block_pieces_pass_gradcheck_in_float64() -> None:
-    from tunegen.runtime.models.llama import _RMSNormFunction, _SwiGLUFunction
+    from tunegen.runtime.models.llama import (
+        _RMSNormFunction,
+        _SwiGLUDownFunction,
+        _SwiGLUFunction,
+    )
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
     assert torch.autograd.gradcheck(_RMSNormFunction.apply, (rand(2, 3, 8), rand(8), 1e-6))
     assert torch.autograd.gradcheck(_SwiGLUFunction.apply, (rand(3, 7), rand(3, 7)))
+    gate_up_weight = (rand(2, 3, 7), rand(2, 3, 7), rand(5, 7))
+    assert torch.autograd.gradcheck(_SwiGLUDownFunction.apply, gate_up_weight)
+    frozen_weight = (rand(2, 3, 7), rand(2, 3, 7), rand(5, 7).detach())
+    assert torch.autograd.gradcheck(_SwiGLUDownFunction.apply, frozen_weight)
+
+
+@pytest.mark.parametrize("wrap", ["lora", "frozen"])
+def test_mlp_with_an_adapter_or_a_frozen_down_projection_equals_the_formula(wrap: str) -> None:
+    """down_proj wrapped by LoRA goes through its own module; a frozen plain one through the
+    fused function without a weight gradient. Both compute the textbook MLP."""
+    import torch.nn.functional as F
+
+    from tunegen.runtime.lora import apply_lora
+
+    model = small(n_layers=1).train()
+    mlp = model.model.layers[0].mlp
+    if wrap == "lora":
+        apply_lora(model, targets=["down_proj"], rank=4, alpha=8.0)
+        torch.nn.init.normal_(mlp.down_proj.lora_b.weight)  # a non-zero update
+    else:
+        mlp.down_proj.weight.requires_grad_(False)
+    x = torch.randn(2, 5, SMALL["dim"], requires_grad=True)
+    grads = []
+    for forward in (mlp, lambda x: mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))):
+        mlp.zero_grad(), x.grad is None or x.grad.zero_()
+        out = forward(x)
+        out.square().sum().backward()
+        trained = [p.grad.clone() for p in mlp.parameters() if p.requires_grad]
+        grads.append([out.detach(), x.grad.clone(), *trained])
+    for fused, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
