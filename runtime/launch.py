@@ -3,7 +3,8 @@
 A recipe's `main` is run through `run_main`, which prints a `TunegenError` as `error: ...` and exits
 with status 2 (a traceback only with `--debug` or TUNEGEN_DEBUG=1). Any other exception is a bug and
 keeps its traceback. Ctrl-C exits 130 and SIGTERM 143 (during training the recipe first saves a
-checkpoint: `runtime.interrupt`); either way the command that resumes the run is printed.
+checkpoint: `runtime.interrupt`); either way the command that resumes the run is printed. It also
+sets the C allocator to keep freed memory for the next step (`runtime.allocator`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NoReturn
 
 from omegaconf import DictConfig
 
+from tunegen.runtime.allocator import keep_freed_memory
 from tunegen.runtime.config import apply_overrides, load_config, parse_recipe_args
 from tunegen.runtime.distributed import is_main_process, refuse_multiprocess_launch
 from tunegen.runtime.errors import ConfigError, TunegenError
@@ -54,6 +56,7 @@ def run_main(main: Callable[[list[str]], object], argv: Sequence[str]) -> NoRetu
     argv = [arg for arg in argv if arg != "--debug"]
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     raise_on_sigterm()
+    keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     try:
         main(argv)
     except TunegenError as exc:
