@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,53 @@ def dense_weight(weight: Tensor) -> Tensor:
     supports `F.linear` but no arithmetic, so it is dequantized; any other weight is returned."""
     dequantize = getattr(weight, "get_original_weight", None)
     return dequantize() if callable(dequantize) else weight
+
+
+class _LoRAFunction(torch.autograd.Function):
+    """x @ W.T + b + scaling * (x @ A.T) @ B.T for a frozen dense W, with a hand-written backward.
+
+    Autograd computes the same products, but two of its rank-r ones (g @ B and g.T @ (x @ A.T))
+    in the operand layout MKL runs 2.4-2.8x slower on CPU, adds the update's input gradient to
+    the base's in a separate pass, and copies the output once more for the update's sum. Here
+    each product is taken in its fast layout and both sums ride on an `addmm_`. On a 512 x 512
+    layer over 4 x 256 rows, forward + backward: 6.9 ms against autograd's 7.4-8.4 ms and the
+    frozen base layer's 5.8 ms (docs/benchmarks.md). Dropout, DoRA and NF4 weights keep the
+    module path.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,  # (..., in)
+        weight: Tensor,  # (out, in), frozen
+        bias: Tensor | None,  # (out,), frozen
+        lora_a: Tensor,  # (r, in)
+        lora_b: Tensor,  # (out, r)
+        scaling: float,
+    ) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        h = rows @ lora_a.t()  # (N, r)
+        y = F.linear(rows, weight, bias).addmm_(h, lora_b.t(), alpha=scaling)  # (N, out)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, h)
+        ctx.scaling = scaling
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, lora_a, lora_b, h = ctx.saved_tensors
+        want_x, _, _, want_a, want_b, _ = ctx.needs_input_grad
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = grad_a = grad_b = None
+        if want_x or want_a:
+            grad_h = g @ lora_b.t().contiguous().t()  # (N, r), B as the transpose of (r, out)
+        if want_x:
+            grad_x = (g @ weight).addmm_(grad_h, lora_a, alpha=ctx.scaling).view(x.shape)
+        if want_a:
+            grad_a = (grad_h.t() @ rows).mul_(ctx.scaling)  # (r, in)
+        if want_b:
+            grad_b = (h.t() @ g).mul_(ctx.scaling).t().contiguous()  # (out, r)
+        return grad_x, None, None, grad_a, grad_b, None
 
 
 class LoRALinear(nn.Module):
@@ -147,12 +195,21 @@ class LoRALinear(nn.Module):
         return lora.train(linear.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.merged or self.disabled:  # the update is inside `weight`, or switched off
-            return y
+            return F.linear(x, self.weight, self.bias)  # (..., out)
+        if self._plain_lora():
+            return _LoRAFunction.apply(
+                x, self.weight, self.bias, self.lora_a.weight, self.lora_b.weight, self.scaling
+            )  # (..., out)
+        y = F.linear(x, self.weight, self.bias)  # (..., out)
         if self.magnitude is not None:
             return y + self._dora_update(x, y)
         return self._add_update(y, self.lora_a(self.dropout(x)))  # (..., out)
+
+    def _plain_lora(self) -> bool:
+        """LoRA without dropout on a dense weight: what `_LoRAFunction` computes (not DoRA, not NF4)."""
+        dense = type(self.weight) in (nn.Parameter, Tensor)
+        return dense and self.magnitude is None and isinstance(self.dropout, nn.Identity)
 
     def _add_update(self, y: Tensor, h: Tensor) -> Tensor:
         """y + scaling * h @ B.T as one addmm: the scale and the sum ride on the matmul.

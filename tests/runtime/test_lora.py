@@ -69,6 +69,38 @@ def test_lora_linear_matches_hand_computation() -> None:
     assert torch.equal(LoRALinear(6, 5, rank=2, alpha=1.0).lora_b.weight, torch.zeros(5, 2))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_lora_gradients_equal_autograds_on_the_formula(bias: bool) -> None:
+    """The hand-written backward (`_LoRAFunction`) gives autograd's gradients of
+    x @ W.T + b + scaling * (x @ A.T) @ B.T, in float64 (gradcheck) and on a layer in float32."""
+    from tunegen.runtime.lora import _LoRAFunction
+
+    def rand(*shape: int, grad: bool = True) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=grad)
+
+    b = rand(5, grad=False) if bias else None
+    inputs = (rand(2, 3, 7), rand(5, 7, grad=False), b, rand(4, 7), rand(5, 4), 0.5)
+    assert torch.autograd.gradcheck(_LoRAFunction.apply, inputs)
+
+    layer = LoRALinear(16, 8, rank=4, alpha=8.0, bias=bias)
+    torch.nn.init.normal_(layer.lora_b.weight)  # a non-zero update
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    grads = []
+    for forward in (
+        layer,
+        lambda x: (
+            F.linear(x, layer.weight, layer.bias) + layer.lora_b(layer.lora_a(x)) * layer.scaling
+        ),
+    ):
+        layer.zero_grad(), x.grad is None or x.grad.zero_()
+        out = forward(x)
+        out.square().sum().backward()
+        grads.append([out.detach(), x.grad.clone(), layer.lora_a.weight.grad.clone()])
+        grads[-1].append(layer.lora_b.weight.grad.clone())
+    for fused, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
 def test_from_linear_shares_base_tensors_and_keeps_dtype() -> None:
     linear = torch.nn.Linear(8, 3, bias=True).to(torch.bfloat16)
     layer = LoRALinear.from_linear(linear, rank=2, alpha=4.0, dropout=0.0)
