@@ -207,9 +207,11 @@ class LoRALinear(nn.Module):
         return self._add_update(y, self.lora_a(self.dropout(x)))  # (..., out)
 
     def _plain_lora(self) -> bool:
-        """LoRA without dropout on a dense weight: what `_LoRAFunction` computes (not DoRA, not NF4)."""
+        """LoRA without dropout on a frozen dense weight: what `_LoRAFunction` computes (not DoRA,
+        not NF4, and not a base weight or bias someone made trainable again)."""
+        frozen = not any(p.requires_grad for p in (self.weight, self.bias) if p is not None)
         dense = type(self.weight) in (nn.Parameter, Tensor)
-        return dense and self.magnitude is None and isinstance(self.dropout, nn.Identity)
+        return frozen and dense and self.magnitude is None and isinstance(self.dropout, nn.Identity)
 
     def _add_update(self, y: Tensor, h: Tensor) -> Tensor:
         """y + scaling * h @ B.T as one addmm: the scale and the sum ride on the matmul.

@@ -101,6 +101,13 @@ def test_lora_gradients_equal_autograds_on_the_formula(bias: bool) -> None:
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
 
+def test_a_base_weight_made_trainable_again_still_gets_its_gradient() -> None:
+    layer = LoRALinear(16, 8, rank=4, alpha=8.0)
+    layer.weight.requires_grad_(True)
+    layer(torch.randn(3, 16)).square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
 def test_from_linear_shares_base_tensors_and_keeps_dtype() -> None:
     linear = torch.nn.Linear(8, 3, bias=True).to(torch.bfloat16)
     layer = LoRALinear.from_linear(linear, rank=2, alpha=4.0, dropout=0.0)
