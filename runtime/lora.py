@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .weights import is_dense
+
 __all__ = [
     "LoRALinear",
     "apply_lora",
@@ -210,7 +212,7 @@ class LoRALinear(nn.Module):
         """LoRA without dropout on a frozen dense weight: what `_LoRAFunction` computes (not DoRA,
         not NF4, and not a base weight or bias someone made trainable again)."""
         frozen = not any(p.requires_grad for p in (self.weight, self.bias) if p is not None)
-        dense = type(self.weight) in (nn.Parameter, Tensor)
+        dense = is_dense(self.weight)
         return frozen and dense and self.magnitude is None and isinstance(self.dropout, nn.Identity)
 
     def _add_update(self, y: Tensor, h: Tensor) -> Tensor:

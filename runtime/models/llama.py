@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..weights import is_dense
+
 __all__ = [
     "HF_ARCHITECTURES",
     "HF_CONFIG_KEYS",
@@ -397,6 +399,21 @@ class Attention(nn.Module):
         return self.o_proj(y)  # (B, T, D)
 
 
+def _swiglu_grads(
+    grad_h: Tensor, gate: Tensor, up: Tensor, silu_gate: Tensor, *, reuse_grad_h: bool
+) -> tuple[Tensor, Tensor]:
+    """The gradients of h = silu(gate) * up with respect to gate and up, given dL/dh.
+
+    With `reuse_grad_h` (a temporary the caller made), grad_h's memory holds grad_h * up: one
+    (B, T, F) buffer fewer. autograd's own incoming gradient must not be written to.
+    """
+    grad_up = grad_h * silu_gate
+    grad_h_up = grad_h.mul_(up) if reuse_grad_h else grad_h * up
+    # torch's own fused silu derivative (fp32 inside for bf16), one pass over the tensor.
+    grad_gate = torch.ops.aten.silu_backward(grad_h_up, gate)
+    return grad_gate, grad_up
+
+
 class _SwiGLUFunction(torch.autograd.Function):
     """silu(gate) * up, saving only gate and up (silu's output is recomputed in backward)."""
 
@@ -408,10 +425,7 @@ class _SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         gate, up = ctx.saved_tensors
-        grad_up = grad * F.silu(gate)
-        # torch's own fused silu derivative (fp32 inside for bf16), one pass over the tensor.
-        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
-        return grad_gate, grad_up
+        return _swiglu_grads(grad, gate, up, F.silu(gate), reuse_grad_h=False)
 
 
 class _SwiGLUDownFunction(torch.autograd.Function):
@@ -437,18 +451,13 @@ class _SwiGLUDownFunction(torch.autograd.Function):
             h = (silu_gate * up).reshape(-1, gate.shape[-1])  # (B*T, F)
             grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ h  # (D, F)
         grad_h = grad @ weight  # (B, T, F)
-        grad_up = grad_h * silu_gate
-        grad_gate = torch.ops.aten.silu_backward(grad_h.mul_(up), gate)
+        grad_gate, grad_up = _swiglu_grads(grad_h, gate, up, silu_gate, reuse_grad_h=True)
         return grad_gate, grad_up, grad_weight
 
 
 def _is_dense_linear(module: nn.Module) -> bool:
     """A plain bias-free `nn.Linear` with a dense weight (not LoRA-wrapped, not quantized)."""
-    return (
-        type(module) is nn.Linear
-        and module.bias is None
-        and type(module.weight) in (nn.Parameter, Tensor)
-    )
+    return type(module) is nn.Linear and module.bias is None and is_dense(module.weight)
 
 
 class MLP(nn.Module):
