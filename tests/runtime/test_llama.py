@@ -353,3 +353,66 @@ def test_mlp_with_an_adapter_or_a_frozen_down_projection_equals_the_formula(wrap
         grads.append([out.detach(), x.grad.clone(), *trained])
     for fused, plain in zip(*grads, strict=True):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def _textbook_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Hd) + causal mask) v, each key head shared by H // K query heads."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    T = q.shape[2]
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("T", [1, 100, 256, 257, 300, 512, 700, 1024, 1025])
+def test_causal_attention_in_query_chunks_equals_the_formula(T: int) -> None:
+    """Long sequences go in query chunks on CPU (past 2 * CAUSAL_CHUNK): values and gradients
+    equal the textbook causal attention at every length around the chunk edges."""
+    from tunegen.runtime.models.llama import causal_attention
+
+    gen = torch.Generator().manual_seed(T)
+    # (B, T, heads, Hd) transposed, the layout Attention hands over
+    q, k, v = (
+        torch.randn(2, T, heads, 16, generator=gen, dtype=torch.float64).transpose(1, 2)
+        for heads in (4, 2, 2)
+    )
+    grad = torch.randn(2, 4, T, 16, generator=gen, dtype=torch.float64)
+    outputs, grads = [], []
+    for fn in (causal_attention, _textbook_causal_attention):
+        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out, inputs, grad))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    for ours, reference in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_causal_attention_chunks_long_cpu_sequences_only(monkeypatch) -> None:
+    """One SDPA call up to 2 * CAUSAL_CHUNK tokens and past CAUSAL_CHUNKED_UP_TO; one call per
+    query chunk between."""
+    from tunegen.runtime.models.llama import CAUSAL_CHUNK, CAUSAL_CHUNKED_UP_TO, causal_attention
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, *args, **kwargs):
+        calls.append(q.shape[2])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    for T in (2 * CAUSAL_CHUNK, 2 * CAUSAL_CHUNK + 1, CAUSAL_CHUNKED_UP_TO + 1):
+        q = torch.randn(1, 2, T, 8)
+        causal_attention(q, q, q)
+    chunk = CAUSAL_CHUNK
+    assert calls == [2 * chunk, chunk, chunk, 1, CAUSAL_CHUNKED_UP_TO + 1]
+
+
+def test_causal_attention_bf16_is_close_to_fp32() -> None:
+    from tunegen.runtime.models.llama import causal_attention
+
+    q, k, v = (torch.randn(1, heads, 400, 32).div(2) for heads in (8, 4, 4))
+    reference = causal_attention(q, k, v)
+    ours = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
+    torch.testing.assert_close(ours, reference, rtol=0.05, atol=0.02)
