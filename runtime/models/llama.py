@@ -199,7 +199,7 @@ def document_spans(document_ids: Tensor) -> list[list[tuple[int, int]]]:
 class Documents:
     """Where the documents of packed rows lie, in the form the device's attention wants.
 
-    On CPU, one causal SDPA call per document (`spans`) never computes the cross-document
+    On CPU, one `causal_attention` per document (`spans`) never computes the cross-document
     blocks and measured 2.5x faster than a masked call (bench/packed_attention.py); elsewhere
     one SDPA call takes the block-diagonal `mask`, so there is no per-document host loop.
     """
