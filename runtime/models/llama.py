@@ -257,16 +257,16 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     chunks = q.split(CAUSAL_CHUNK, dim=2)  # one cat in backward, where slices would add zeros
     for start, q_chunk in zip(range(0, T, CAUSAL_CHUNK), chunks, strict=True):
         end = start + q_chunk.shape[2]
-        keys, values = k[:, :, :end], v[:, :, :end]
-        if start == 0:  # the first chunk's keys are its own: plain causal
-            part = F.scaled_dot_product_attention(
-                q_chunk, keys, values, is_causal=True, enable_gqa=True
-            )
-        else:
-            mask = _causal_chunk_mask(start, end, q.device)
-            part = F.scaled_dot_product_attention(
-                q_chunk, keys, values, attn_mask=mask, enable_gqa=True
-            )
+        # The first chunk's keys are its own: plain causal, no mask.
+        mask = _causal_chunk_mask(start, end, q.device) if start else None
+        part = F.scaled_dot_product_attention(
+            q_chunk,
+            k[:, :, :end],
+            v[:, :, :end],
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=True,
+        )
         parts.append(part)
     return torch.cat(parts, dim=2)  # (B, H, T, Hd)
 
